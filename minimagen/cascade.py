@@ -1,0 +1,262 @@
+"""The Imagen cascade: a frozen text encoder and N diffusion U-Nets, base stage first (Imagen §2, Fig. A.4).
+
+    caption --T5/BERT--> text tokens --base U-Net--> 64x64 --SR U-Net--> 256x256 --SR U-Net--> 1024x1024
+
+Every stage is an independent diffusion model over images of its own size, conditioned on the same
+frozen text embeddings. Super-resolution (SR) stages are also conditioned on the previous stage's image,
+prepared by `conditioning.prepare_lowres_condition` (noise conditioning augmentation). Stages are trained
+separately — `Cascade.training_loss(stage, ...)` — and sampled in a chain by `Cascade.__call__`
+(see `sampling.py`). Sizes are free: 16 -> 32 -> 64 on a laptop CPU, 64 -> 256 -> 1024 as in the paper.
+
+Contents: `StageConfig`, `CascadeConfig` (typed, validated, JSON round trip), `Cascade` (the U-Nets,
+their noise schedules, the training loss, text encoding, save/load).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .conditioning import NUM_NOISE_LEVELS, downsample, prepare_lowres_condition
+from .diffusion import NoiseSchedule, q_sample, training_target
+from .networks.unet import UNetConfig, build_unet
+from .text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder, text_embed_dim
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+BETA_SCHEDULES = ("linear", "cosine")
+
+
+@dataclass
+class StageConfig:
+    """One diffusion stage of the cascade (its network and its diffusion process)."""
+
+    unet: UNetConfig                    # the stage's U-Net (its text_embed_dim must match the text encoder)
+    image_size: int = 0                 # side of the images this stage outputs; 0 = unet.image_size
+    num_train_timesteps: int = 1000     # T of the training noise schedule (DDPM/Imagen: 1000)
+    beta_schedule: str = "cosine"       # "cosine" (Nichol & Dhariwal) or "linear" (DDPM)
+    prediction_type: str = "epsilon"    # what the U-Net predicts: "epsilon" (Imagen), "v_prediction", "sample"
+    cond_drop_prob: float = 0.1         # captions replaced by the null embedding during training (paper: 10 %)
+    train_noise_level_max: int = 500    # SR only: augmentation levels drawn uniformly from [0, this) in training
+    sample_noise_level: int = 100       # SR only: default augmentation level at sampling (swept in the paper)
+    crop_size: int | None = None        # SR only: train on random crops of this side (paper: 1024 stage on 256 crops)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.unet, dict):
+            self.unet = UNetConfig.from_dict(self.unet)
+        if self.image_size == 0:
+            self.image_size = self.unet.image_size
+        if self.image_size < 4:
+            raise ValueError(f"image_size must be >= 4, got {self.image_size}")
+        if self.num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be >= 2, got {self.num_train_timesteps}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ValueError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
+        if not 1 <= self.train_noise_level_max <= NUM_NOISE_LEVELS:
+            raise ValueError(f"train_noise_level_max must lie in [1, {NUM_NOISE_LEVELS}], got "
+                             f"{self.train_noise_level_max}")
+        if not 0 <= self.sample_noise_level < NUM_NOISE_LEVELS:
+            raise ValueError(f"sample_noise_level must lie in [0, {NUM_NOISE_LEVELS - 1}], got "
+                             f"{self.sample_noise_level}")
+        trained_size = self.crop_size or self.image_size
+        if self.crop_size is not None:
+            if not self.unet.lowres_cond:
+                raise ValueError("crop_size is only for super-resolution stages (the base stage sees whole images)")
+            if not 0 < self.crop_size <= self.image_size:
+                raise ValueError(f"crop_size must lie in (0, image_size={self.image_size}], got {self.crop_size}")
+        if self.unet.image_size != trained_size:
+            raise ValueError(f"unet.image_size ({self.unet.image_size}) must equal the size this stage is trained "
+                             f"at ({'crop_size' if self.crop_size else 'image_size'} = {trained_size})")
+
+    @property
+    def is_super_resolution(self) -> bool:
+        return self.unet.lowres_cond
+
+
+@dataclass
+class CascadeConfig:
+    """Everything needed to rebuild a cascade (saved as config.json beside the weights)."""
+
+    stages: list[StageConfig]                      # base stage first, then SR stages of increasing size
+    text_encoder: str = DEFAULT_TEXT_ENCODER       # name or local directory (see text_encoder.py)
+    text_embed_dim: int = 0                        # width of the encoder's tokens; 0 = look it up offline
+    max_length: int = 64                           # captions are truncated to this many tokens
+    extra: dict = field(default_factory=dict)      # free-form notes (e.g. how it was trained); not used by code
+
+    def __post_init__(self) -> None:
+        self.stages = [StageConfig(**s) if isinstance(s, dict) else s for s in self.stages]
+        if not self.stages:
+            raise ValueError("stages must hold at least one StageConfig (the base stage)")
+        if self.text_embed_dim == 0:
+            self.text_embed_dim = text_embed_dim(self.text_encoder)
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        for i, stage in enumerate(self.stages):
+            if stage.unet.text_embed_dim != self.text_embed_dim:
+                raise ValueError(f"stages[{i}].unet.text_embed_dim is {stage.unet.text_embed_dim} but the text encoder "
+                                 f"{self.text_encoder!r} gives {self.text_embed_dim}-d tokens; set "
+                                 f"text_embed_dim={self.text_embed_dim} in that stage's UNetConfig")
+            if stage.is_super_resolution != (i > 0):
+                what = "must not be" if i == 0 else "must be"
+                raise ValueError(f"stages[{i}] {what} a super-resolution stage (unet.lowres_cond={i > 0}): "
+                                 "the first stage is the base model, every later stage upsamples its predecessor")
+            if i > 0 and stage.image_size <= self.stages[i - 1].image_size:
+                raise ValueError(f"stages[{i}].image_size ({stage.image_size}) must be larger than the previous "
+                                 f"stage's ({self.stages[i - 1].image_size})")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["stages"] = [{**dataclasses.asdict(s), "unet": s.unet.to_dict()} for s in self.stages]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CascadeConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown CascadeConfig fields {sorted(unknown)}: this config was written by a "
+                             "different program or a newer minimagen")
+        return cls(**d)
+
+
+class Cascade(nn.Module):
+    """Text encoder + N U-Nets. Train a stage with `training_loss`, sample with `cascade(prompts, ...)`."""
+
+    def __init__(self, config: CascadeConfig, text_encoder=None):
+        super().__init__()
+        self.config = config
+        self.unets = nn.ModuleList([build_unet(s.unet) for s in config.stages])
+        self.ema_unets: nn.ModuleList | None = None  # set by training.EMA / from_pretrained; sampled by default
+        self.schedules = [NoiseSchedule(s.num_train_timesteps, s.beta_schedule) for s in config.stages]
+        self._text_encoder = text_encoder  # frozen, not part of state_dict; loaded lazily by name
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.config.stages)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unets.parameters()).device
+
+    # ---------------------------------------------------------------- text
+    @property
+    def text_encoder(self):
+        """The frozen text encoder named in the config, loaded on first use (never silently replaced)."""
+        if self._text_encoder is None:
+            self._text_encoder = load_text_encoder(self.config.text_encoder, max_length=self.config.max_length)
+        return self._text_encoder
+
+    def set_text_encoder(self, encoder) -> None:
+        if encoder.embed_dim != self.config.text_embed_dim:
+            raise ValueError(f"text encoder {encoder.name!r} gives {encoder.embed_dim}-d tokens but this cascade was "
+                             f"built for {self.config.text_embed_dim}-d ({self.config.text_encoder!r})")
+        self._text_encoder = encoder
+
+    def encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """captions -> (text_embeds [B, L, D] float32, text_mask [B, L] bool), on the U-Nets' device."""
+        embeds, mask = self.text_encoder.encode(captions)
+        return embeds.to(self.device, torch.float32), mask.to(self.device)
+
+    # ---------------------------------------------------------------- training
+    def training_loss(
+        self,
+        stage: int,
+        images: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+        lowres_images: torch.Tensor | None = None,
+        unet: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """The diffusion loss of one stage on a batch (DDPM Algorithm 1, with Imagen's conditioning).
+
+        images: [B, 3, H, W] in [0, 1] at this stage's image_size. For an SR stage the low-res condition is
+        made from `images` (downsampled to the previous stage's size) unless `lowres_images` [B, 3, h, w]
+        is given. `unet` overrides the stage's network (e.g. a DistributedDataParallel wrapper).
+        """
+        cfg = self.config.stages[stage]
+        unet = unet if unet is not None else self.unets[stage]
+        self._check_images(images, cfg.image_size, "images")
+        batch, device = images.shape[0], images.device
+
+        def rand(*shape):  # noise on the generator's device, then moved (a CPU generator can't make CUDA noise)
+            gdev = generator.device if generator is not None else device
+            return torch.randn(shape, generator=generator, device=gdev).to(device)
+
+        def randint(high, n):
+            gdev = generator.device if generator is not None else device
+            return torch.randint(0, high, (n,), generator=generator, device=gdev).to(device)
+
+        x0 = images * 2 - 1                                  # [0, 1] -> [-1, 1]
+        noise = rand(*x0.shape)
+        lowres_cond = noise_level = None
+        if cfg.is_super_resolution:
+            prev_size = self.config.stages[stage - 1].image_size
+            if lowres_images is None:
+                lowres_images = downsample(images, prev_size)  # what the previous stage would have produced
+            noise_level = randint(cfg.train_noise_level_max, batch)
+            lowres_cond = prepare_lowres_condition(lowres_images, cfg.image_size, noise_level, generator=generator)
+            if cfg.crop_size is not None:  # one random window per item, shared by target, condition and noise
+                x0, lowres_cond, noise = _random_crop((x0, lowres_cond, noise), cfg.crop_size, generator)
+        schedule = self.schedules[stage]
+        t = randint(schedule.num_train_timesteps, batch)                     # t ~ U{0, ..., T-1}
+        x_t = q_sample(x0, t, noise, schedule.alphas_cumprod)                # DDPM eq. 4
+        drop_text = torch.rand(batch, generator=generator,
+                               device=generator.device if generator is not None else device).to(device)
+        drop_text = drop_text < cfg.cond_drop_prob                           # classifier-free guidance dropout
+        pred = unet(x_t, t, text_embeds, text_mask, lowres_image=lowres_cond, noise_level=noise_level,
+                    drop_text=drop_text)
+        target = training_target(x0, noise, t, schedule.alphas_cumprod, cfg.prediction_type)
+        return F.mse_loss(pred.float(), target.float())                      # || target - f(x_t, t, c) ||^2
+
+    @staticmethod
+    def _check_images(images: torch.Tensor, size: int, name: str) -> None:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"{name} must be a float tensor [B, 3, {size}, {size}] in [0, 1], got {shape}")
+        if images.shape[-2:] != (size, size):
+            raise ValueError(f"{name} must be {size}x{size} for this stage, got {images.shape[-2]}x{images.shape[-1]}; "
+                             "resize them or pick the stage whose image_size matches")
+
+    # ---------------------------------------------------------------- sampling
+    def __call__(self, prompts=None, **kwargs):
+        """Text -> images through every stage; see `sampling.sample_cascade` for the arguments."""
+        from .sampling import sample_cascade
+        return sample_cascade(self, prompts, **kwargs)
+
+    def sampling_unet(self, stage: int, use_ema: bool = True) -> nn.Module:
+        if use_ema and self.ema_unets is not None:
+            return self.ema_unets[stage]
+        return self.unets[stage]
+
+    # ---------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """config.json + one safetensors file per stage (raw, and EMA when present). Atomic; no pickle."""
+        from .checkpoint import save_cascade
+        return save_cascade(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
+                        text_encoder=None) -> "Cascade":
+        """Rebuild a cascade saved by `save_pretrained` (safetensors + JSON only: nothing is executed)."""
+        from .checkpoint import load_cascade
+        return load_cascade(cls, directory, device=device, text_encoder=text_encoder)
+
+
+def _random_crop(tensors: tuple[torch.Tensor, ...], size: int, generator: torch.Generator | None):
+    """Crop the same random size x size window (one per batch item) out of each [B, C, H, W] tensor."""
+    batch, _, height, width = tensors[0].shape
+    gdev = generator.device if generator is not None else "cpu"
+    top = torch.randint(0, height - size + 1, (batch,), generator=generator, device=gdev).tolist()
+    left = torch.randint(0, width - size + 1, (batch,), generator=generator, device=gdev).tolist()
+    return tuple(
+        torch.stack([x[i, :, top[i]:top[i] + size, left[i]:left[i] + size] for i in range(batch)])  # [B, C, s, s]
+        for x in tensors
+    )

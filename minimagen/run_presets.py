@@ -1,0 +1,120 @@
+"""Named training runs for `train_small.py`: the cascade's shape, its training budget and its sampling settings.
+
+    ci       < 2 minutes on a 2-core CPU: a smoke test that every part of the pipeline runs (CI uses it)
+    default  the out-of-the-box run: 3 stages on captioned shapes, about 20 minutes on a 2-core CPU
+    gpu      the paper's 64 -> 256 -> 1024 cascade shape, narrowed to fit one ~24 GB GPU
+
+A preset names U-Net presets (`networks/configs.py`) plus overrides; `build_cascade_config` turns it into
+the `CascadeConfig` that is saved with the checkpoint, so a trained cascade never depends on this file.
+
+Contents: `RunPreset`, `RUN_PRESETS`, `build_cascade_config`, `prompt_sets`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .cascade import CascadeConfig, StageConfig
+from .networks.configs import unet_config
+from .text_encoder import DEFAULT_TEXT_ENCODER
+
+
+@dataclass(frozen=True)
+class RunPreset:
+    sizes: tuple[int, ...]                 # image side of each stage, base first
+    unets: tuple[tuple[str, dict], ...]    # (U-Net preset name, overrides) per stage
+    steps: tuple[int, ...]                 # optimizer steps per stage
+    batch_size: int                        # images per optimizer step
+    learning_rate: float = 1e-3            # AdamW peak LR (tiny U-Nets learn colour ~3x faster at 1e-3 than 2e-4)
+    warmup_steps: int = 100                # linear LR warm-up
+    ema_decay: float = 0.995               # short runs need a short EMA horizon (~200 steps)
+    prediction_type: str = "v_prediction"  # v: clean backgrounds at few steps; "epsilon" is the paper's
+    crop_size: int | None = None           # train the last stage on random crops of this side (paper: 1024 stage)
+    train_noise_level_max: int = 500       # SR stages: augmentation levels drawn from [0, this) in training
+    sample_noise_level: int = 100          # SR stages: augmentation level at sampling
+    num_items: int = 8000                  # pre-rendered training items (captioned shapes)
+    max_objects: int = 2                   # 1 = single-object scenes only
+    text_encoder: str = DEFAULT_TEXT_ENCODER  # any name or directory text_encoder.load_text_encoder accepts
+    max_length: int = 32                   # caption tokens kept (shape captions are < 20 tokens)
+    num_inference_steps: int = 50          # DDIM steps per stage at sampling
+    guidance_scale: float = 3.0            # classifier-free guidance weight at sampling
+    checkpoint_every: int = 500            # optimizer steps between checkpoints (per stage)
+    num_eval_prompts: int = 36             # prompts per evaluation set
+    cond_drop_prob: float = 0.1            # caption dropout for classifier-free guidance (paper: 10 %)
+    notes: str = field(default="", compare=False)
+
+    def replace(self, stages: int | None = None, steps=None, batch_size: int | None = None,
+                text_encoder: str | None = None) -> "RunPreset":
+        """The command-line overrides of train_small.py."""
+        p = self
+        if stages is not None:
+            if not 1 <= stages <= len(p.sizes):
+                raise ValueError(f"--stages must lie in [1, {len(p.sizes)}] for this preset, got {stages}")
+            p = dataclasses.replace(p, sizes=p.sizes[:stages], unets=p.unets[:stages], steps=p.steps[:stages],
+                                    crop_size=p.crop_size if stages == len(self.sizes) else None)
+        if steps is not None:
+            steps = tuple(steps) if len(steps) > 1 else tuple(steps) * len(p.sizes)
+            if len(steps) != len(p.sizes) or min(steps) < 0:
+                raise ValueError(f"--steps takes one value or {len(p.sizes)} values (one per stage), all >= 0; "
+                                 f"got {list(steps)}")
+            p = dataclasses.replace(p, steps=steps)
+        if batch_size is not None:
+            if batch_size < 1:
+                raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+            p = dataclasses.replace(p, batch_size=batch_size)
+        if text_encoder is not None:
+            p = dataclasses.replace(p, text_encoder=text_encoder)
+        return p
+
+
+# Attention placement is given by level (-1 = the lowest resolution) so a preset works at any stage size.
+_BASE = ("base-tiny", {"base_channels": 64, "channel_mults": (1, 2, 2), "num_res_blocks": 2,
+                       "attn_levels": (-1,), "cross_attn_levels": (-2, -1), "num_heads": 2, "head_dim": 32,
+                       "position_embedding": True})
+_SR = ("sr-tiny", {"base_channels": 32, "channel_mults": (1, 2, 4), "num_res_blocks": (1, 2, 2),
+                   "attn_levels": (), "cross_attn_levels": (-1,), "num_heads": 2, "head_dim": 32})
+
+RUN_PRESETS: dict[str, RunPreset] = {
+    "ci": RunPreset(sizes=(16, 32, 64), unets=(_BASE, _SR, _SR), steps=(60, 20, 20), batch_size=16,
+                    num_items=400, num_inference_steps=8, num_eval_prompts=6, checkpoint_every=0, warmup_steps=10),
+    "default": RunPreset(sizes=(16, 32, 128), unets=(_BASE, _SR, _SR), steps=(4000, 1200, 800), batch_size=32,
+                         crop_size=32, num_items=8000),
+    "gpu": RunPreset(
+        sizes=(64, 256, 1024),
+        unets=(("imagen-base-64", {"base_channels": 192, "text_embed_dim": 384}),
+               ("imagen-sr-256", {"base_channels": 64, "text_embed_dim": 384}),
+               ("imagen-sr-1024", {"base_channels": 32, "text_embed_dim": 384})),
+        steps=(100_000, 50_000, 50_000), batch_size=64, learning_rate=1e-4, warmup_steps=1000, ema_decay=0.9999,
+        crop_size=256, num_items=50_000, max_length=64, checkpoint_every=2000),
+}
+
+
+def build_cascade_config(preset: RunPreset, text_embed_dim: int) -> CascadeConfig:
+    """The CascadeConfig (saved with every checkpoint) described by a run preset."""
+    stages = []
+    for i, (size, (name, overrides)) in enumerate(zip(preset.sizes, preset.unets)):
+        trained = preset.crop_size if (i == len(preset.sizes) - 1 and i > 0 and preset.crop_size) else size
+        overrides = {**overrides, "image_size": trained, "text_embed_dim": text_embed_dim}
+        levels = {k: overrides.pop(k) for k in ("attn_levels", "cross_attn_levels") if k in overrides}
+        if levels:  # level indices -> resolutions at this stage's size
+            res = unet_config(name, **{**overrides, "attn_resolutions": (), "cross_attn_resolutions": ()}).level_resolutions
+            overrides.update({k.replace("levels", "resolutions"): tuple(res[i] for i in v) for k, v in levels.items()})
+        unet = unet_config(name, **overrides)
+        stages.append(StageConfig(unet=unet, image_size=size, prediction_type=preset.prediction_type,
+                                  cond_drop_prob=preset.cond_drop_prob,
+                                  train_noise_level_max=preset.train_noise_level_max,
+                                  sample_noise_level=preset.sample_noise_level,
+                                  crop_size=trained if trained != size else None))
+    return CascadeConfig(stages=stages, text_encoder=preset.text_encoder, text_embed_dim=text_embed_dim,
+                         max_length=preset.max_length)
+
+
+def prompt_sets(preset: RunPreset) -> dict[str, list]:
+    """Evaluation prompts: (caption, SceneSpec) lists — held-out single objects, seen single objects, pairs."""
+    from .data.shapes import fixed_prompts
+    n = preset.num_eval_prompts
+    sets = {"single_heldout": fixed_prompts("single_heldout", n=n, seed=0),
+            "single_train": fixed_prompts("single", n=n, seed=1)}
+    if preset.max_objects >= 2:
+        sets["two"] = fixed_prompts("two", n=n, seed=2)
+    return sets

@@ -1,0 +1,231 @@
+"""Sampling the cascade: text -> base image -> super-resolution -> ... (Imagen §2, Fig. A.4).
+
+`sample_cascade(cascade, prompts, ...)` is what `cascade(prompts, ...)` calls. It speaks diffusers'
+vocabulary: `guidance_scale`, `num_inference_steps`, `generator`, `output_type`, `noise_level`, plus
+`sampler` ("ddpm" / "ddim"), `thresholding` ("none" / "static" / "dynamic") and
+`dynamic_thresholding_ratio`. Each of those may be one value for every stage or a list with one value per
+stage (`noise_level`: one per super-resolution stage).
+
+Per stage:
+  1. x_T ~ N(0, I) at the stage's size;
+  2. for each of `num_inference_steps` timesteps, one batched U-Net call on [x_t, x_t] with the caption
+     and with the null caption, combined by classifier-free guidance (Ho & Salimans 2022):
+         pred = pred_uncond + w * (pred_cond - pred_uncond)
+     then x0 is thresholded (Imagen §2.3) and a DDPM or DDIM step is taken (`diffusion.sample_loop`);
+  3. the result becomes the next stage's low-res condition through the SAME
+     `conditioning.prepare_lowres_condition` used in training (noise conditioning augmentation).
+
+Contents: `CascadeOutput`, `sample_cascade`, `sweep_noise_levels`, `to_output_type`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .conditioning import NUM_NOISE_LEVELS, prepare_lowres_condition
+from .diffusion import classifier_free_guidance, sample_loop
+
+SAMPLERS = ("ddpm", "ddim")
+THRESHOLDING = ("none", "static", "dynamic")
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+@dataclass
+class CascadeOutput:
+    images: Any                      # the last stage's images in `output_type`
+    all_stages: list | None = None   # with return_all_stages=True: every stage's images, base first
+
+
+def _per_stage(value, count: int, name: str, what: str = "stage") -> list:
+    """One value for all stages, or a list/tuple with exactly one per stage."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(f"{name} has {len(value)} values but there are {count} {what}s to run; "
+                             f"pass one value, or a list of {count}")
+        return list(value)
+    return [value] * count
+
+
+def _check_prompts(prompts) -> list[str]:
+    if prompts is None:
+        raise ValueError("prompts is None: pass a caption or a list of captions, or text_embeds and text_mask")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty list of strings, e.g. ['a red circle']")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] must be a str, got {type(p).__name__}")
+    return list(prompts)
+
+
+@torch.no_grad()
+def sample_cascade(
+    cascade,
+    prompts: str | Sequence[str] | None = None,
+    *,
+    text_embeds: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
+    guidance_scale: float | Sequence[float] = 5.0,
+    num_inference_steps: int | Sequence[int] = 50,
+    sampler: str | Sequence[str] = "ddim",
+    eta: float | Sequence[float] = 0.0,
+    thresholding: str | Sequence[str] = "dynamic",
+    dynamic_thresholding_ratio: float | Sequence[float] = 0.95,
+    sample_max_value: float | None | Sequence[float | None] = None,
+    noise_level: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    output_type: str = "pil",
+    return_all_stages: bool = False,
+    num_stages: int | None = None,
+    start_stage: int = 0,
+    lowres_images: torch.Tensor | None = None,
+    use_ema: bool = True,
+    offload: bool = False,
+    progress: bool = True,
+    callback=None,
+) -> CascadeOutput:
+    """Generate images for `prompts`; returns `CascadeOutput(images, all_stages)`.
+
+    guidance_scale: w >= 0 (1 = no guidance, the plain conditional model). num_inference_steps: 1..T.
+    noise_level: augmentation level in [0, 1000) per SR stage (default: each stage's sample_noise_level).
+    num_stages: stop after this many stages (e.g. 1 = base only). start_stage + lowres_images: run only the
+    SR stages on given low-res images [B, 3, h, w] in [0, 1] (e.g. to sweep noise levels).
+    offload: keep only the running U-Net on the device (others on CPU), so large cascades fit on one GPU.
+    callback(stage, step_index, t, x_t, x0_pred): called at every denoising step (for teaching plots).
+    """
+    n_total = cascade.num_stages
+    end = n_total if num_stages is None else num_stages
+    if not 0 <= start_stage < end <= n_total:
+        raise ValueError(f"need 0 <= start_stage ({start_stage}) < num_stages ({end}) <= {n_total} stages")
+    stages = list(range(start_stage, end))
+    n = len(stages)
+    if text_embeds is None:
+        prompts = _check_prompts(prompts)
+        text_embeds, text_mask = cascade.encode_text(prompts)  # once, shared by every stage
+    elif text_mask is None:
+        raise ValueError("text_mask is required with text_embeds ([B, L] bool, True = real token)")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+    guidance = _per_stage(guidance_scale, n, "guidance_scale")
+    steps = _per_stage(num_inference_steps, n, "num_inference_steps")
+    samplers = _per_stage(sampler, n, "sampler")
+    etas = _per_stage(eta, n, "eta")
+    modes = _per_stage(thresholding, n, "thresholding")
+    ratios = _per_stage(dynamic_thresholding_ratio, n, "dynamic_thresholding_ratio")
+    caps = _per_stage(sample_max_value, n, "sample_max_value")
+    sr_stages = [s for s in stages if s > 0]
+    if noise_level is None:
+        levels = [cascade.config.stages[s].sample_noise_level for s in sr_stages]
+    else:
+        levels = _per_stage(noise_level, len(sr_stages), "noise_level", what="super-resolution stage")
+    for i, s in enumerate(stages):
+        cfg = cascade.config.stages[s]
+        if guidance[i] < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance[i]}")
+        if not isinstance(steps[i], int) or not 1 <= steps[i] <= cfg.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be an int in [1, {cfg.num_train_timesteps}] "
+                             f"(the stage's num_train_timesteps), got {steps[i]!r}")
+        if samplers[i] not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {samplers[i]!r}")
+        if modes[i] not in THRESHOLDING:
+            raise ValueError(f"thresholding must be one of {THRESHOLDING}, got {modes[i]!r}")
+        if not 0 < ratios[i] <= 1:
+            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {ratios[i]}")
+    for lv in levels:
+        if not isinstance(lv, int) or not 0 <= lv < NUM_NOISE_LEVELS:
+            raise ValueError(f"noise_level must be an int in [0, {NUM_NOISE_LEVELS - 1}], got {lv!r}")
+
+    device = cascade.device
+    batch = text_embeds.shape[0]
+    if start_stage > 0:
+        if lowres_images is None:
+            raise ValueError(f"start_stage={start_stage} needs lowres_images [B, 3, h, w] in [0, 1] from stage "
+                             f"{start_stage - 1}")
+        prev = cascade.config.stages[start_stage - 1].image_size
+        cascade._check_images(lowres_images, prev, "lowres_images")
+        if lowres_images.shape[0] != batch:
+            raise ValueError(f"lowres_images has {lowres_images.shape[0]} images but there are {batch} prompts")
+    text_embeds, text_mask = text_embeds.to(device), text_mask.to(device)
+
+    images, all_stages = lowres_images, []
+    for i, s in enumerate(stages):
+        cfg = cascade.config.stages[s]
+        unet = cascade.sampling_unet(s, use_ema)
+        if offload:
+            unet.to(device)
+        lowres_cond = level = None
+        if s > 0:
+            level = torch.full((batch,), levels[sr_stages.index(s)], dtype=torch.long, device=device)
+            lowres_cond = prepare_lowres_condition(images.to(device), cfg.image_size, level, generator=generator)
+        model_fn = _guided_model(unet, text_embeds, text_mask, lowres_cond, level, guidance[i])
+        gdev = generator.device if generator is not None else device
+        x_T = torch.randn((batch, 3, cfg.image_size, cfg.image_size), generator=generator, device=gdev).to(device)
+        step_cb = None if callback is None else (lambda k, t, x, x0, _s=s: callback(_s, k, t, x, x0))
+        x0 = sample_loop(
+            model_fn, x_T, cascade.schedules[s], steps[i], sampler=samplers[i], eta=etas[i],
+            prediction_type=cfg.prediction_type, thresholding=modes[i],
+            dynamic_thresholding_ratio=ratios[i], sample_max_value=caps[i], generator=generator,
+            callback=step_cb, progress=progress,
+        )
+        images = ((x0.clamp(-1, 1) + 1) / 2).float()  # [-1, 1] -> [0, 1]
+        if offload:
+            unet.to("cpu")
+        if return_all_stages:
+            all_stages.append(to_output_type(images, output_type))
+    return CascadeOutput(to_output_type(images, output_type), all_stages if return_all_stages else None)
+
+
+def _guided_model(unet, text_embeds, text_mask, lowres_cond, noise_level, guidance_scale: float):
+    """model_fn(x_t, t) for the sampler: one batched forward for the (cond, uncond) pair when w != 1."""
+    if guidance_scale == 1.0:  # w = 1: the conditional prediction alone; skip the unconditional pass
+        return lambda x_t, t: unet(x_t, t, text_embeds, text_mask, lowres_image=lowres_cond, noise_level=noise_level)
+
+    batch = text_embeds.shape[0]
+    drop = torch.cat([torch.zeros(batch, dtype=torch.bool), torch.ones(batch, dtype=torch.bool)]).to(text_embeds.device)
+    embeds2, mask2 = torch.cat([text_embeds, text_embeds]), torch.cat([text_mask, text_mask])  # [2B, L, D], [2B, L]
+    cond2 = None if lowres_cond is None else torch.cat([lowres_cond, lowres_cond])            # [2B, 3, H, W]
+    level2 = None if noise_level is None else torch.cat([noise_level, noise_level])           # [2B]
+
+    def model_fn(x_t, t):
+        out = unet(torch.cat([x_t, x_t]), torch.cat([t, t]), embeds2, mask2,  # [2B, 3, H, W]
+                   lowres_image=cond2, noise_level=level2, drop_text=drop)
+        pred_cond, pred_uncond = out.chunk(2)                                 # 2 x [B, 3, H, W]
+        return classifier_free_guidance(pred_cond, pred_uncond, guidance_scale)
+    return model_fn
+
+
+def to_output_type(images: torch.Tensor, output_type: str):
+    """[B, 3, H, W] in [0, 1] -> "pt" (same, on CPU), "np" ([B, H, W, 3] float32), "pil" (list of PIL images)."""
+    images = images.detach().float().cpu()
+    if output_type == "pt":
+        return images
+    array = images.permute(0, 2, 3, 1).numpy()  # [B, H, W, 3]
+    if output_type == "np":
+        return array
+    from PIL import Image
+    return [Image.fromarray((a * 255).round().astype("uint8")) for a in array]
+
+
+def sweep_noise_levels(cascade, prompt: str, noise_levels: Sequence[int], stage: int = 1, seed: int = 0,
+                       **kwargs) -> dict[int, torch.Tensor]:
+    """Same prompt and seed, one image per augmentation level at `stage` (the paper picks the level by sweeping).
+
+    Runs the stages before `stage` once, then `stage` once per level from the same seed.
+    Returns {level: [3, H, W] in [0, 1]}.
+    """
+    if stage < 1:
+        raise ValueError("stage must be a super-resolution stage (>= 1) to sweep its noise_level")
+    kwargs = {**kwargs, "progress": kwargs.get("progress", False)}
+    base = sample_cascade(cascade, [prompt], num_stages=stage, output_type="pt",
+                          generator=torch.Generator().manual_seed(seed), **kwargs).images
+    out = {}
+    for level in noise_levels:
+        img = sample_cascade(cascade, [prompt], start_stage=stage, num_stages=stage + 1, lowres_images=base,
+                             noise_level=level, output_type="pt", generator=torch.Generator().manual_seed(seed + 1),
+                             **kwargs).images
+        out[level] = img[0]
+    return out

@@ -1,0 +1,208 @@
+"""Training one stage of the cascade: AdamW with warm-up, gradient accumulation and clipping, EMA, checkpoints.
+
+The trainer knows nothing about data (like minGPT's): `Trainer.train_step(stage, images, text_embeds,
+text_mask)` takes one full batch, splits it into `grad_accum_steps` micro-batches, and makes one optimizer
+step. Each stage has its own optimizer, learning-rate schedule, EMA and step counter, so the stages of a
+cascade can be trained one at a time or interleaved (the paper trains them independently).
+
+Exact resume: all randomness of step k of stage s (timesteps, noise, caption dropout) comes from
+`step_generator(seed, s, k)`, so a run stopped after N steps and resumed from its checkpoint takes exactly
+the steps an uninterrupted run would have taken.
+
+EMA with warm-up: decay_k = min(ema_decay, (1 + k) / (10 + k)). A plain decay of 0.9999 averages over
+~10,000 steps, so a short run sampled from its EMA would show a nearly random network — the "samples are pure
+noise" complaint about other ports; the warm-up makes the EMA track the raw weights early on.
+
+Contents: `TrainConfig`, `step_generator`, `NonFiniteLossError`, `Trainer` (train_step, save/load),
+`latest_checkpoint`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, atomic_write_dir, read_json, save_cascade, write_json
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every stage (validated on construction)."""
+
+    learning_rate: float = 1e-4           # AdamW peak learning rate (reached after warm-up)
+    warmup_steps: int = 100               # linear learning-rate warm-up from 0
+    weight_decay: float = 0.0             # AdamW decoupled weight decay
+    adam_betas: tuple[float, float] = (0.9, 0.99)  # AdamW (beta1, beta2)
+    grad_clip_norm: float = 1.0           # clip the global gradient norm to this (0 = off)
+    grad_accum_steps: int = 1             # micro-batches per optimizer step; the loss is divided by their number
+    ema_decay: float = 0.999              # EMA decay after warm-up (paper scale: 0.9999 over millions of steps)
+    mixed_precision: str = "auto"         # "auto" = bf16 autocast on CUDA if supported else fp32; "no" = fp32 always
+    seed: int = 0                         # seeds step_generator: same seed -> same run
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.grad_clip_norm < 0:
+            raise ValueError(f"grad_clip_norm must be >= 0 (0 = off), got {self.grad_clip_norm}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf: training stops instead of corrupting the weights."""
+
+
+def step_generator(seed: int, stage: int, step: int, micro: int = 0) -> torch.Generator:
+    """The CPU generator for all randomness of one (stage, step, micro-batch): makes resume exact."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + stage) * 1_000_033 + step) * 101 + micro)
+
+
+def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for this device, or None for plain fp32 (always on CPU: bf16 is ~100x slower there)."""
+    if device.type != "cuda":
+        if mixed_precision in ("bf16", "fp16"):
+            raise ValueError(f"mixed_precision={mixed_precision!r} is for CUDA GPUs; on {device.type} train in "
+                             "fp32 (mixed_precision='no' or 'auto')")
+        return None
+    if mixed_precision == "no":
+        return None
+    if mixed_precision == "fp16" or (mixed_precision == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+class Trainer:
+    """Trains the stages of a `Cascade` (each with its own AdamW, LR schedule, EMA and step counter)."""
+
+    def __init__(self, cascade, config: TrainConfig | None = None):
+        self.cascade = cascade
+        self.config = config or TrainConfig()
+        cfg = self.config
+        if cascade.ema_unets is None:
+            cascade.ema_unets = copy.deepcopy(cascade.unets).requires_grad_(False)
+        self.optimizers = [torch.optim.AdamW(u.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas,
+                                             weight_decay=cfg.weight_decay) for u in cascade.unets]
+        warm = max(cfg.warmup_steps, 1)
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lambda k: min(1.0, (k + 1) / warm))
+                           for o in self.optimizers]
+        self.steps = [0] * cascade.num_stages
+        self.dtype = autocast_dtype(cfg.mixed_precision, cascade.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+
+    def train_step(self, stage: int, images: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor,
+                   lowres_images: torch.Tensor | None = None, unet: torch.nn.Module | None = None) -> float:
+        """One optimizer step of `stage` on a full batch; returns the batch's mean loss."""
+        cfg, cascade = self.config, self.cascade
+        model = cascade.unets[stage]
+        model.train()
+        batch = images.shape[0]
+        chunks = torch.arange(batch).tensor_split(min(cfg.grad_accum_steps, batch))
+        total = 0.0
+        for micro, idx in enumerate(chunks):
+            gen = step_generator(cfg.seed, stage, self.steps[stage], micro)
+            low = None if lowres_images is None else lowres_images[idx]
+            with torch.autocast(cascade.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                loss = cascade.training_loss(stage, images[idx], text_embeds[idx], text_mask[idx], generator=gen,
+                                             lowres_images=low, unet=unet)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"stage {stage}, step {self.steps[stage]}: the loss is {loss.item()}. The weights were not "
+                    "updated. Try a lower learning_rate (or more warmup_steps), grad_clip_norm=1.0, or "
+                    "mixed_precision='no'; resume from the last good checkpoint.")
+            scaled = loss * (len(idx) / batch)  # mean over the full batch, whatever the micro-batch sizes
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += scaled.item()
+        opt = self.optimizers[stage]
+        if self.scaler:
+            self.scaler.unscale_(opt)
+        if cfg.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+        if self.scaler:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.schedulers[stage].step()
+        self._update_ema(stage)
+        self.steps[stage] += 1
+        return total
+
+    @torch.no_grad()
+    def _update_ema(self, stage: int) -> None:
+        k = self.steps[stage]
+        decay = min(self.config.ema_decay, (1 + k) / (10 + k))  # EMA warm-up
+        ema, raw = self.cascade.ema_unets[stage], self.cascade.unets[stage]
+        for p_ema, p in zip(ema.parameters(), raw.parameters()):
+            p_ema.lerp_(p, 1 - decay)                            # ema = decay * ema + (1 - decay) * p
+        for b_ema, b in zip(ema.buffers(), raw.buffers()):
+            b_ema.copy_(b)
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, root: str | Path, keep: int = 2) -> Path:
+        """Write root/step-XXXXXXXX (cascade + optimizer state) atomically; keep the newest `keep`."""
+        root = Path(root)
+        name = f"step-{sum(self.steps):08d}"
+
+        def write(tmp: Path) -> None:
+            save_cascade(self.cascade, tmp / "cascade")
+            write_json(tmp / "trainer_state.json", {"steps": self.steps, "train_config": dataclasses.asdict(self.config)})
+            for i, (opt, sch) in enumerate(zip(self.optimizers, self.schedulers)):
+                torch.save({"optimizer": opt.state_dict(), "scheduler": sch.state_dict()}, tmp / f"optimizer{i}.pt")
+
+        path = atomic_write_dir(root / name, write)
+        for old in _step_dirs(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore weights, EMA, optimizer/scheduler state and step counters from a save_checkpoint directory."""
+        from .checkpoint import load_cascade
+
+        path = Path(path)
+        state = read_json(path / "trainer_state.json")
+        loaded = load_cascade(type(self.cascade), path / "cascade")
+        if loaded.config.to_dict() != self.cascade.config.to_dict():
+            raise CheckpointError(f"{path} was trained with a different cascade config; resume with the same "
+                                  "settings (or start a new --out directory)")
+        device = self.cascade.device
+        self.cascade.unets.load_state_dict(loaded.unets.state_dict())
+        self.cascade.ema_unets.load_state_dict(loaded.ema_unets.state_dict())
+        self.cascade.to(device)
+        for i, (opt, sch) in enumerate(zip(self.optimizers, self.schedulers)):
+            f = path / f"optimizer{i}.pt"
+            try:
+                blob = torch.load(f, map_location=device, weights_only=True)  # our own file; still no code execution
+            except Exception as err:  # noqa: BLE001 - re-raised with the file named
+                raise CheckpointError(f"{f} could not be read ({err}); resume from an earlier step-* directory") from err
+            opt.load_state_dict(blob["optimizer"])
+            sch.load_state_dict(blob["scheduler"])
+        self.steps = [int(s) for s in state["steps"]]
+
+
+def _step_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d{8}", p.name))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete step-* directory under root (temporary, half-written ones are never listed)."""
+    dirs = _step_dirs(Path(root))
+    return dirs[-1] if dirs else None
+
+

@@ -1,0 +1,60 @@
+"""train_small.py end to end: the CI preset trains all three stages, samples, scores and reports real numbers."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train_small(*args, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    return subprocess.run([sys.executable, str(ROOT / "train_small.py"), "--no-progress", *args],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ci_run")
+    proc = run_train_small("--preset", "ci", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+def test_ci_preset_writes_samples_and_real_metrics(ci_run):
+    out, proc = ci_run
+    assert (out / "samples.png").stat().st_size > 10_000
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sizes"] == [16, 32, 64]
+    assert metrics["steps"] == [60, 20, 20]
+    for name in ("single_heldout", "single_train", "two"):
+        stages = metrics["alignment"][name]
+        assert len(stages) == 3
+        for scores in stages:
+            for key in ("color", "shape", "size", "position", "all_correct"):
+                assert 0.0 <= scores[key] <= 1.0
+    for stage, loss in metrics["loss_last100"].items():
+        assert math.isfinite(loss) and loss > 0
+    assert metrics["timings"]["total_s"] > 0
+    assert (out / "final" / "config.json").exists()
+    assert "done in" in proc.stdout
+
+
+def test_ci_run_can_be_resumed_and_extended(ci_run, tmp_path):
+    """--resume continues from the newest checkpoint: more steps for stage 0 only trains the difference."""
+    out, _ = ci_run
+    proc = run_train_small("--preset", "ci", "--out", str(out), "--resume", "--steps", "70", "20", "20")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == [70, 20, 20]
+
+
+def test_unknown_preset_is_refused_with_the_choices():
+    proc = run_train_small("--preset", "huge")
+    assert proc.returncode != 0
+    assert "invalid choice: 'huge'" in proc.stderr and "default" in proc.stderr
