@@ -14,7 +14,10 @@ losses, timings), checkpoints/step-*/ (resumable) and final/ (Cascade.from_pretr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import shlex
 import signal
 import sys
 import time
@@ -24,8 +27,9 @@ import torch
 
 from minimagen.run_presets import RUN_PRESETS, build_cascade_config, prompt_sets
 from minimagen.cascade import Cascade
+from minimagen.checkpoint import CheckpointError
 from minimagen.data.prepare import prepare_training_data
-from minimagen.report import save_sample_grid, score_samples
+from minimagen.report import sample_captions, save_sample_grid, score_samples
 from minimagen.training import NonFiniteLossError, TrainConfig, Trainer, latest_checkpoint, step_generator
 
 # ----------------------------------------------------------------------------- config
@@ -41,11 +45,22 @@ parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (defa
 parser.add_argument("--seed", type=int, default=0, help="seeds data, initialisation and every training step")
 parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
 parser.add_argument("--eval-every", type=int, default=0, help="score the base stage every N steps (alignment curve)")
+parser.add_argument("--learning-rate", type=float, default=None, help="AdamW peak learning rate (default: the "
+                    "preset's); a lower one can rescue a run that stopped on a NaN loss (with --resume)")
+parser.add_argument("--checkpoint-every", type=int, default=None, help="save a resumable checkpoint every N steps "
+                    "(default: the preset's; 0 = only at the end and on Ctrl-C)")
 parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 args = parser.parse_args()
+sys.stdout.reconfigure(line_buffering=True)  # progress lines appear at once even when redirected to a file
 
 preset = RUN_PRESETS[args.preset].replace(stages=args.stages, steps=args.steps, batch_size=args.batch_size,
                                           text_encoder=args.text_encoder)
+if args.learning_rate is not None:
+    preset = dataclasses.replace(preset, learning_rate=args.learning_rate)  # validated by TrainConfig below
+if args.checkpoint_every is not None:
+    if args.checkpoint_every < 0:
+        sys.exit(f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}")
+    preset = dataclasses.replace(preset, checkpoint_every=args.checkpoint_every)
 device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +92,10 @@ if args.resume:
     last = latest_checkpoint(ckpt_root)
     if last is None:
         sys.exit(f"--resume: no checkpoint in {ckpt_root}; run without --resume to start a new run")
-    trainer.load_checkpoint(last)
+    try:
+        trainer.load_checkpoint(last)
+    except CheckpointError as err:  # e.g. other --preset/--stages/--text-encoder than the run being resumed
+        sys.exit(f"--resume: {err}")
     print(f"resumed from {last} (steps per stage {trainer.steps})")
 
 interrupted = False
@@ -86,6 +104,15 @@ interrupted = False
 def _on_sigint(signum, frame):  # Ctrl-C: finish the current step, save, exit cleanly
     global interrupted
     interrupted = True
+    print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again aborts without saving)",
+          file=sys.stderr, flush=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C raises KeyboardInterrupt
+
+
+def save_losses() -> None:  # atomic, like the checkpoints: a kill mid-write must not leave half a JSON file
+    tmp = out / f".losses.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(losses))
+    os.replace(tmp, out / "losses.json")
 
 
 signal.signal(signal.SIGINT, _on_sigint)
@@ -94,7 +121,10 @@ signal.signal(signal.SIGINT, _on_sigint)
 from tqdm.auto import tqdm  # noqa: E402
 
 losses: dict[str, list[float]] = json.loads((out / "losses.json").read_text()) if args.resume and (out / "losses.json").exists() else {}
-curve: list[dict] = []
+# a kill between saving losses.json and the checkpoint leaves extra losses: keep those of the checkpoint's steps
+losses = {s: v[:trainer.steps[int(s)]] for s, v in losses.items() if int(s) < len(trainer.steps)}
+curve: list[dict] = []  # base-stage alignment vs training minutes (--eval-every)
+eval_s = 0.0
 for stage in range(len(preset.sizes)):
     stage_losses = losses.setdefault(str(stage), [])
     t0 = time.time()
@@ -108,34 +138,45 @@ for stage in range(len(preset.sizes)):
             loss = trainer.train_step(stage, images, embeds, mask)
         except NonFiniteLossError as err:
             last = latest_checkpoint(ckpt_root)
-            sys.exit(f"{err}\nLast good checkpoint: {last or 'none yet'} (resume with --resume).")
+            sys.exit(f"{err}\nLast good checkpoint: {last or 'none yet'} (resume with --resume and, e.g., "
+                     f"--learning-rate {trainer.config.learning_rate / 3:.2g}).")
         stage_losses.append(loss)
         bar.update(1)
         bar.set_postfix(loss=f"{sum(stage_losses[-50:]) / len(stage_losses[-50:]):.4f}")
         if preset.checkpoint_every and trainer.steps[stage] % preset.checkpoint_every == 0:
+            save_losses()  # losses first: on resume they are cut back to the checkpoint's step
             trainer.save_checkpoint(ckpt_root)
-            (out / "losses.json").write_text(json.dumps(losses))
         if stage == 0 and args.eval_every and trainer.steps[0] % args.eval_every == 0:
-            point = score_samples(cascade, prompt_sets(preset)["single_heldout"], preset, num_stages=1, seed=args.seed)
-            curve.append({"minutes": (time.time() - t_start) / 60, "step": trainer.steps[0], **point["all"]})
-            bar.write(f"step {trainer.steps[0]}: base-stage alignment {point['all']}")
+            te = time.time()
+            point = {name: score_samples(cascade, items, preset, num_stages=1, seed=args.seed)["all"]
+                     for name, items in prompt_sets(preset).items()}
+            eval_s += time.time() - te
+            curve.append({"train_minutes": (time.time() - t0 - eval_s) / 60, "step": trainer.steps[0], **point})
+            bar.write(f"step {trainer.steps[0]}: base alignment (all correct) "
+                      + ", ".join(f"{k} {v['all_correct']:.0%}" for k, v in point.items()))
     bar.close()
-    timings[f"train_stage{stage}_s"] = time.time() - t0
+    timings[f"train_stage{stage}_s"] = time.time() - t0 - (eval_s if stage == 0 else 0.0)
+    if stage == 0 and eval_s:
+        timings["eval_curve_s"] = eval_s
     if interrupted:
+        save_losses()
         path = trainer.save_checkpoint(ckpt_root)
-        (out / "losses.json").write_text(json.dumps(losses))
-        print(f"\ninterrupted: saved {path}; continue with: python train_small.py --out {out} --resume "
-              f"--preset {args.preset}")
+        same_args = shlex.join(a for a in sys.argv[1:] if a != "--resume")  # same settings, else resume refuses
+        print(f"\ninterrupted: saved {path}; continue with: python train_small.py {same_args} --resume")
         sys.exit(130)
 
+save_losses()
 trainer.save_checkpoint(ckpt_root)
-(out / "losses.json").write_text(json.dumps(losses))
 cascade.save_pretrained(out / "final")
+signal.signal(signal.SIGINT, signal.default_int_handler)  # training is saved: Ctrl-C now simply stops sampling
 
 # ----------------------------------------------------------------------------- sampling
 t0 = time.time()
-prompts = prompt_sets(preset)
-results = {name: score_samples(cascade, items, preset, seed=args.seed, keep_images=True) for name, items in prompts.items()}
+if args.data is None:  # captioned shapes: sample fixed prompt sets and score them against their specs
+    results = {name: score_samples(cascade, items, preset, seed=args.seed, keep_images=True)
+               for name, items in prompt_sets(preset).items()}
+else:  # your own data has no ground truth to score: sample some of its captions to look at
+    results = {"your data": sample_captions(cascade, data.text.captions[:8], preset, seed=args.seed)}
 timings["sample_s"] = time.time() - t0
 save_sample_grid(results, out / "samples.png", sizes=preset.sizes)
 
@@ -143,7 +184,7 @@ save_sample_grid(results, out / "samples.png", sizes=preset.sizes)
 timings["total_s"] = time.time() - t_start
 metrics = {
     "preset": args.preset, "device": str(device), "sizes": list(preset.sizes), "steps": trainer.steps,
-    "alignment": {name: r["by_stage"] for name, r in results.items()},
+    "alignment": {name: r["by_stage"] for name, r in results.items() if r.get("by_stage")},
     "loss_last100": {s: sum(v[-100:]) / max(len(v[-100:]), 1) for s, v in losses.items()},
     "loss_first100": {s: sum(v[:100]) / max(len(v[:100]), 1) for s, v in losses.items()},
     "alignment_curve": curve, "timings": timings,
@@ -152,6 +193,8 @@ metrics = {
 final = len(preset.sizes) - 1
 print(f"\ndone in {timings['total_s'] / 60:.1f} min -> {out / 'samples.png'}, {out / 'metrics.json'}")
 for name, r in results.items():
+    if not r["by_stage"]:
+        continue
     a = r["by_stage"][final]
     keys = ("color", "shape", "size", "position", "relation", "all_correct")
     print(f"  {name:15s} final {preset.sizes[final]}px: " + ", ".join(f"{k} {a[k]:.0%}" for k in keys if a[k] == a[k]))

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .conditioning import NUM_NOISE_LEVELS, downsample, prepare_lowres_condition
+from .conditioning import NUM_NOISE_LEVELS, check_lowres, downsample, prepare_lowres_condition
 from .diffusion import NoiseSchedule, q_sample, training_target
 from .networks.unet import UNetConfig, build_unet
 from .text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder, text_embed_dim
@@ -47,6 +47,13 @@ class StageConfig:
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
             self.unet = UNetConfig.from_dict(self.unet)
+        if not isinstance(self.unet, UNetConfig):
+            raise TypeError(f"unet must be a UNetConfig (e.g. unet_config('base-tiny', text_embed_dim=384)) or its "
+                            f"dict, got {type(self.unet).__name__}")
+        for name in ("image_size", "num_train_timesteps", "train_noise_level_max", "sample_noise_level", "crop_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) and not (name == "crop_size" and value is None):
+                raise TypeError(f"{name} must be an int, got {value!r}")
         if self.image_size == 0:
             self.image_size = self.unet.image_size
         if self.image_size < 4:
@@ -68,12 +75,14 @@ class StageConfig:
         trained_size = self.crop_size or self.image_size
         if self.crop_size is not None:
             if not self.unet.lowres_cond:
-                raise ValueError("crop_size is only for super-resolution stages (the base stage sees whole images)")
+                raise ValueError("crop_size is only for super-resolution stages (the base stage sees whole images); "
+                                 "set crop_size=None")
             if not 0 < self.crop_size <= self.image_size:
                 raise ValueError(f"crop_size must lie in (0, image_size={self.image_size}], got {self.crop_size}")
         if self.unet.image_size != trained_size:
             raise ValueError(f"unet.image_size ({self.unet.image_size}) must equal the size this stage is trained "
-                             f"at ({'crop_size' if self.crop_size else 'image_size'} = {trained_size})")
+                             f"at ({'crop_size' if self.crop_size else 'image_size'} = {trained_size}); build the "
+                             f"U-Net with image_size={trained_size}")
 
     @property
     def is_super_resolution(self) -> bool:
@@ -91,14 +100,21 @@ class CascadeConfig:
     extra: dict = field(default_factory=dict)      # free-form notes (e.g. how it was trained); not used by code
 
     def __post_init__(self) -> None:
+        if not isinstance(self.stages, (list, tuple)):
+            raise TypeError(f"stages must be a list of StageConfig (base stage first), got {type(self.stages).__name__}"
+                            "; wrap a single stage in a list: stages=[stage]")
         self.stages = [StageConfig(**s) if isinstance(s, dict) else s for s in self.stages]
         if not self.stages:
             raise ValueError("stages must hold at least one StageConfig (the base stage)")
         if self.text_embed_dim == 0:
             self.text_embed_dim = text_embed_dim(self.text_encoder)
-        if self.max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ValueError(f"max_length must be an int >= 2 (room for the text encoder's special tokens), got "
+                             f"{self.max_length!r}; captions are usually < 32 tokens")
         for i, stage in enumerate(self.stages):
+            if not isinstance(stage, StageConfig):
+                raise TypeError(f"stages[{i}] must be a StageConfig, got {type(stage).__name__}; wrap a U-Net config "
+                                "as StageConfig(unet=...)")
             if stage.unet.text_embed_dim != self.text_embed_dim:
                 raise ValueError(f"stages[{i}].unet.text_embed_dim is {stage.unet.text_embed_dim} but the text encoder "
                                  f"{self.text_encoder!r} gives {self.text_embed_dim}-d tokens; set "
@@ -181,9 +197,13 @@ class Cascade(nn.Module):
         made from `images` (downsampled to the previous stage's size) unless `lowres_images` [B, 3, h, w]
         is given. `unet` overrides the stage's network (e.g. a DistributedDataParallel wrapper).
         """
+        if not 0 <= stage < self.num_stages:
+            raise ValueError(f"stage must be in [0, {self.num_stages - 1}] (0 = base), got {stage}")
         cfg = self.config.stages[stage]
         unet = unet if unet is not None else self.unets[stage]
         self._check_images(images, cfg.image_size, "images")
+        if lowres_images is not None and cfg.is_super_resolution:
+            self._check_images(lowres_images, self.config.stages[stage - 1].image_size, "lowres_images")
         batch, device = images.shape[0], images.device
 
         def rand(*shape):  # noise on the generator's device, then moved (a CPU generator can't make CUDA noise)
@@ -224,6 +244,7 @@ class Cascade(nn.Module):
         if images.shape[-2:] != (size, size):
             raise ValueError(f"{name} must be {size}x{size} for this stage, got {images.shape[-2]}x{images.shape[-1]}; "
                              "resize them or pick the stage whose image_size matches")
+        check_lowres(images, name)  # float, values in [0, 1]: uint8 or [-1, 1] images would train silently wrong
 
     # ---------------------------------------------------------------- sampling
     def __call__(self, prompts=None, **kwargs):
@@ -237,10 +258,11 @@ class Cascade(nn.Module):
         return self.unets[stage]
 
     # ---------------------------------------------------------------- save / load
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """config.json + one safetensors file per stage (raw, and EMA when present). Atomic; no pickle."""
+    def save_pretrained(self, directory: str | Path, ema_only: bool = False, dtype: torch.dtype | None = None) -> Path:
+        """config.json + one safetensors file per stage (raw, and EMA when present). Atomic; no pickle.
+        ema_only / dtype=torch.float16 make a small file for sharing (see checkpoint.save_cascade)."""
         from .checkpoint import save_cascade
-        return save_cascade(self, directory)
+        return save_cascade(self, directory, ema_only=ema_only, dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,

@@ -97,20 +97,29 @@ def _load_into(module: torch.nn.Module, path: Path) -> None:
     module.load_state_dict(state)
 
 
-def save_cascade(cascade, directory: str | Path) -> Path:
-    """Write config.json and stage*.safetensors atomically (see module docstring)."""
+def save_cascade(cascade, directory: str | Path, ema_only: bool = False, dtype: torch.dtype | None = None) -> Path:
+    """Write config.json and stage*.safetensors atomically (see module docstring).
+
+    ema_only=True writes only the EMA weights (what sampling uses; half the size, cannot resume training);
+    dtype=torch.float16 stores floating-point tensors in half precision (they are cast back on load).
+    """
+    if ema_only and cascade.ema_unets is None:
+        raise ValueError("ema_only=True, but this cascade has no EMA weights (train it with Trainer first)")
+
     def write(tmp: Path) -> None:
         write_json(tmp / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
                                          "config": cascade.config.to_dict()})
         for i, unet in enumerate(cascade.unets):
-            save_file(_contiguous(unet.state_dict()), str(tmp / f"stage{i}.safetensors"))
+            if not ema_only:
+                save_file(_contiguous(unet.state_dict(), dtype), str(tmp / f"stage{i}.safetensors"))
             if cascade.ema_unets is not None:
-                save_file(_contiguous(cascade.ema_unets[i].state_dict()), str(tmp / f"stage{i}.ema.safetensors"))
+                save_file(_contiguous(cascade.ema_unets[i].state_dict(), dtype), str(tmp / f"stage{i}.ema.safetensors"))
     return atomic_write_dir(directory, write)
 
 
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+def _contiguous(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+            for k, v in state.items()}
 
 
 def load_cascade(cls, directory: str | Path, device=None, text_encoder=None):
@@ -127,10 +136,15 @@ def load_cascade(cls, directory: str | Path, device=None, text_encoder=None):
             hint = f" (an interrupted save left the previous checkpoint at {leftovers[-1]}: rename it back)"
         raise CheckpointError(f"checkpoint directory {directory} does not exist{hint}; pass the folder that "
                               "Cascade.save_pretrained or train_small.py wrote")
+    for sub, why in (("cascade", "a training step-* directory keeps its cascade there"),
+                     ("final", "train_small.py writes the finished cascade there")):
+        if not (directory / "config.json").is_file() and (directory / sub / "config.json").is_file():
+            raise CheckpointError(f"{directory} has no config.json but {directory / sub} has: pass that folder ({why})")
     meta = read_json(directory / "config.json")
-    if meta.get("format") != FORMAT or "config" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "config" not in meta:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{directory / 'config.json'} is not a minimagen cascade config (format "
-                              f"{meta.get('format')!r}, expected {FORMAT!r}); is this another library's checkpoint?")
+                              f"{found!r}, expected {FORMAT!r}); is this another library's checkpoint?")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{directory} was written by a newer minimagen (format_version "
                               f"{meta['format_version']} > {FORMAT_VERSION}); upgrade minimagen")
@@ -139,10 +153,16 @@ def load_cascade(cls, directory: str | Path, device=None, text_encoder=None):
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{directory / 'config.json'} describes an invalid cascade: {err}") from err
     cascade = cls(config, text_encoder=text_encoder)
-    for i, unet in enumerate(cascade.unets):
-        _load_into(unet, directory / f"stage{i}.safetensors")
-    ema_files = [directory / f"stage{i}.ema.safetensors" for i in range(config.stages.__len__())]
-    if all(f.is_file() for f in ema_files):
+    ema_files = [directory / f"stage{i}.ema.safetensors" for i in range(len(config.stages))]
+    missing = [f.name for f in ema_files if not f.is_file()]
+    if missing and len(missing) < len(ema_files):  # half-copied: silently sampling raw weights would hide it
+        raise CheckpointError(f"{directory} has EMA weights for some stages but not {missing}; re-copy the whole "
+                              "checkpoint directory")
+    raw_files = [directory / f"stage{i}.safetensors" for i in range(len(config.stages))]
+    ema_only = not missing and not any(f.is_file() for f in raw_files)  # save_pretrained(ema_only=True)
+    for unet, raw, ema in zip(cascade.unets, raw_files, ema_files):
+        _load_into(unet, ema if ema_only else raw)
+    if not missing:
         cascade.ema_unets = copy.deepcopy(cascade.unets).requires_grad_(False)
         for unet, f in zip(cascade.ema_unets, ema_files):
             _load_into(unet, f)

@@ -5,7 +5,7 @@
 stand-in for FID and CLIP score: it asks "does the image follow its caption?" and answers with a number.
 `save_sample_grid` draws the prompts (rows) through the stages (columns), captions beside them.
 
-Contents: `score_samples`, `save_sample_grid`.
+Contents: `score_samples`, `sample_captions`, `save_sample_grid`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .scoring import score_alignment
 
 @torch.no_grad()
 def score_samples(cascade, items: list, preset=None, num_stages: int | None = None, seed: int = 0,
-                  keep_images: bool = False, chunk: int = 16, **sample_kwargs) -> dict:
+                  keep_images: bool = False, chunk: int = 24, **sample_kwargs) -> dict:
     """Sample one image per (caption, spec) item and score each stage.
 
     Returns {"by_stage": [scores of stage 0, 1, ...], "all": scores of the last stage run,
@@ -28,8 +28,8 @@ def score_samples(cascade, items: list, preset=None, num_stages: int | None = No
     captions = [c for c, _ in items]
     specs = [s for _, s in items]
     if preset is not None:
-        sample_kwargs.setdefault("guidance_scale", preset.guidance_scale)
-        sample_kwargs.setdefault("num_inference_steps", preset.num_inference_steps)
+        for key, value in preset.sampling_kwargs(num_stages).items():
+            sample_kwargs.setdefault(key, value)
     sample_kwargs.setdefault("progress", False)
     generator = torch.Generator().manual_seed(seed)
     per_stage: list[list[torch.Tensor]] = []
@@ -46,6 +46,18 @@ def score_samples(cascade, items: list, preset=None, num_stages: int | None = No
     if keep_images:
         result["images"] = stage_images
     return result
+
+
+@torch.no_grad()
+def sample_captions(cascade, captions: list[str], preset=None, seed: int = 0, **sample_kwargs) -> dict:
+    """Sample captions without scoring (data with no ground-truth spec); same dict layout as score_samples."""
+    if preset is not None:
+        for key, value in preset.sampling_kwargs().items():
+            sample_kwargs.setdefault(key, value)
+    sample_kwargs.setdefault("progress", False)
+    out = cascade(list(captions), output_type="pt", return_all_stages=True,
+                  generator=torch.Generator().manual_seed(seed), **sample_kwargs)
+    return {"by_stage": None, "captions": list(captions), "images": out.all_stages}
 
 
 def save_sample_grid(results: dict, path: str | Path, sizes=None, per_set: int = 4, dpi: int = 100) -> Path:

@@ -36,12 +36,18 @@ class RunPreset:
     max_objects: int = 2                   # 1 = single-object scenes only
     text_encoder: str = DEFAULT_TEXT_ENCODER  # any name or directory text_encoder.load_text_encoder accepts
     max_length: int = 32                   # caption tokens kept (shape captions are < 20 tokens)
-    num_inference_steps: int = 50          # DDIM steps per stage at sampling
-    guidance_scale: float = 3.0            # classifier-free guidance weight at sampling
+    num_inference_steps: tuple[int, ...] = (50, 25, 15)   # DDIM steps per stage at sampling
+    guidance_scale: tuple[float, ...] = (3.0, 1.0, 1.0)    # classifier-free guidance weight per stage
     checkpoint_every: int = 500            # optimizer steps between checkpoints (per stage)
-    num_eval_prompts: int = 36             # prompts per evaluation set
+    num_eval_prompts: int = 24             # prompts per evaluation set
     cond_drop_prob: float = 0.1            # caption dropout for classifier-free guidance (paper: 10 %)
     notes: str = field(default="", compare=False)
+
+    def sampling_kwargs(self, num_stages: int | None = None, start_stage: int = 0) -> dict:
+        """The preset's per-stage sampling settings for stages [start_stage, num_stages)."""
+        end = len(self.sizes) if num_stages is None else num_stages
+        return {"num_inference_steps": list(self.num_inference_steps[start_stage:end]),
+                "guidance_scale": list(self.guidance_scale[start_stage:end])}
 
     def replace(self, stages: int | None = None, steps=None, batch_size: int | None = None,
                 text_encoder: str | None = None) -> "RunPreset":
@@ -68,7 +74,7 @@ class RunPreset:
 
 
 # Attention placement is given by level (-1 = the lowest resolution) so a preset works at any stage size.
-_BASE = ("base-tiny", {"base_channels": 64, "channel_mults": (1, 2, 2), "num_res_blocks": 2,
+_BASE = ("base-tiny", {"base_channels": 32, "channel_mults": (1, 2, 2), "num_res_blocks": 2,
                        "attn_levels": (-1,), "cross_attn_levels": (-2, -1), "num_heads": 2, "head_dim": 32,
                        "position_embedding": True})
 _SR = ("sr-tiny", {"base_channels": 32, "channel_mults": (1, 2, 4), "num_res_blocks": (1, 2, 2),
@@ -76,9 +82,10 @@ _SR = ("sr-tiny", {"base_channels": 32, "channel_mults": (1, 2, 4), "num_res_blo
 
 RUN_PRESETS: dict[str, RunPreset] = {
     "ci": RunPreset(sizes=(16, 32, 64), unets=(_BASE, _SR, _SR), steps=(60, 20, 20), batch_size=16,
-                    num_items=400, num_inference_steps=8, num_eval_prompts=6, checkpoint_every=0, warmup_steps=10),
-    "default": RunPreset(sizes=(16, 32, 128), unets=(_BASE, _SR, _SR), steps=(4000, 1200, 800), batch_size=32,
-                         crop_size=32, num_items=8000),
+                    num_items=400, num_inference_steps=(8, 4, 4), num_eval_prompts=6, checkpoint_every=0,
+                    warmup_steps=10),
+    "default": RunPreset(sizes=(16, 32, 128), unets=(_BASE, _SR, _SR), steps=(2000, 800, 600), batch_size=32,
+                         crop_size=32, num_items=8000, num_inference_steps=(50, 20, 10)),
     "gpu": RunPreset(
         sizes=(64, 256, 1024),
         unets=(("imagen-base-64", {"base_channels": 192, "text_embed_dim": 384}),

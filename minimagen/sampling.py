@@ -19,6 +19,7 @@ Contents: `CascadeOutput`, `sample_cascade`, `sweep_noise_levels`, `to_output_ty
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -57,7 +58,8 @@ def _check_prompts(prompts) -> list[str]:
         raise ValueError("prompts must be a non-empty list of strings, e.g. ['a red circle']")
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
-            raise TypeError(f"prompts[{i}] must be a str, got {type(p).__name__}")
+            raise TypeError(f"prompts[{i}] must be a str, got {type(p).__name__} ({p!r}); pass text, e.g. "
+                            f"[str(x) for x in prompts]")
     return list(prompts)
 
 
@@ -100,6 +102,9 @@ def sample_cascade(
     end = n_total if num_stages is None else num_stages
     if not 0 <= start_stage < end <= n_total:
         raise ValueError(f"need 0 <= start_stage ({start_stage}) < num_stages ({end}) <= {n_total} stages")
+    if lowres_images is not None and start_stage == 0:  # would be silently ignored: the base stage starts from noise
+        raise ValueError("lowres_images is only used together with start_stage >= 1 (the first stage to run must be "
+                         "a super-resolution stage); pass start_stage=1 to upsample them")
     stages = list(range(start_stage, end))
     n = len(stages)
     if text_embeds is None:
@@ -107,6 +112,11 @@ def sample_cascade(
         text_embeds, text_mask = cascade.encode_text(prompts)  # once, shared by every stage
     elif text_mask is None:
         raise ValueError("text_mask is required with text_embeds ([B, L] bool, True = real token)")
+    d = cascade.config.text_embed_dim
+    if text_embeds.ndim != 3 or text_embeds.shape[-1] != d or tuple(text_mask.shape) != tuple(text_embeds.shape[:2]):
+        raise ValueError(f"text_embeds must be [B, L, {d}] and text_mask [B, L] (this cascade's text encoder "
+                         f"{cascade.config.text_encoder!r} gives {d}-d tokens), got {tuple(text_embeds.shape)} and "
+                         f"{tuple(text_mask.shape)}; make them with cascade.encode_text(prompts)")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
 
@@ -124,9 +134,18 @@ def sample_cascade(
         levels = _per_stage(noise_level, len(sr_stages), "noise_level", what="super-resolution stage")
     for i, s in enumerate(stages):
         cfg = cascade.config.stages[s]
+        for name, values in (("guidance_scale", guidance), ("eta", etas), ("dynamic_thresholding_ratio", ratios)):
+            if isinstance(values[i], bool) or not isinstance(values[i], (int, float)):
+                raise TypeError(f"{name} must be a number (one, or a list with one per stage), got {values[i]!r}")
+            if not math.isfinite(values[i]):
+                raise ValueError(f"{name} must be finite, got {values[i]}")
         if guidance[i] < 0:
             raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance[i]}")
-        if not isinstance(steps[i], int) or not 1 <= steps[i] <= cfg.num_train_timesteps:
+        if not 0 <= etas[i] <= 1:
+            raise ValueError(f"eta must lie in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {etas[i]}")
+        if caps[i] is not None and not caps[i] >= 1:
+            raise ValueError(f"sample_max_value must be >= 1 or None (no cap), got {caps[i]!r}")
+        if isinstance(steps[i], bool) or not isinstance(steps[i], int) or not 1 <= steps[i] <= cfg.num_train_timesteps:
             raise ValueError(f"num_inference_steps must be an int in [1, {cfg.num_train_timesteps}] "
                              f"(the stage's num_train_timesteps), got {steps[i]!r}")
         if samplers[i] not in SAMPLERS:
@@ -136,8 +155,9 @@ def sample_cascade(
         if not 0 < ratios[i] <= 1:
             raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {ratios[i]}")
     for lv in levels:
-        if not isinstance(lv, int) or not 0 <= lv < NUM_NOISE_LEVELS:
-            raise ValueError(f"noise_level must be an int in [0, {NUM_NOISE_LEVELS - 1}], got {lv!r}")
+        if isinstance(lv, bool) or not isinstance(lv, int) or not 0 <= lv < NUM_NOISE_LEVELS:
+            raise ValueError(f"noise_level must be an int in [0, {NUM_NOISE_LEVELS - 1}] (one, or a list with one "
+                             f"per super-resolution stage), got {lv!r}")
 
     device = cascade.device
     batch = text_embeds.shape[0]
@@ -146,7 +166,7 @@ def sample_cascade(
             raise ValueError(f"start_stage={start_stage} needs lowres_images [B, 3, h, w] in [0, 1] from stage "
                              f"{start_stage - 1}")
         prev = cascade.config.stages[start_stage - 1].image_size
-        cascade._check_images(lowres_images, prev, "lowres_images")
+        cascade._check_images(lowres_images, prev, "lowres_images")  # shape, dtype and [0, 1] range
         if lowres_images.shape[0] != batch:
             raise ValueError(f"lowres_images has {lowres_images.shape[0]} images but there are {batch} prompts")
     text_embeds, text_mask = text_embeds.to(device), text_mask.to(device)

@@ -284,6 +284,9 @@ def _load_checkpoint(name: str, dtype: torch.dtype):
     if not is_dir and (name.startswith(("/", "./", "../", "~")) or os.path.exists(name)):
         raise FileNotFoundError(f"text encoder {name!r} looks like a path but is not a directory; "
                                 f"pass a folder written with save_pretrained")
+    if is_dir and not os.path.isfile(os.path.join(name, "config.json")):
+        raise FileNotFoundError(f"text encoder directory {name!r} has no config.json; pass a folder written with "
+                                f"model.save_pretrained(dir) and tokenizer.save_pretrained(dir)")
     offline, cache_dir = _hub_offline(), _hf_cache_dir()
     hub = {} if is_dir else dict(local_files_only=offline, cache_dir=cache_dir)
     try:

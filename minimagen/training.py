@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -47,11 +50,30 @@ class TrainConfig:
     seed: int = 0                         # seeds step_generator: same seed -> same run
 
     def __post_init__(self) -> None:
+        for name in ("learning_rate", "weight_decay", "grad_clip_norm", "ema_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r} (from a command line or JSON, use float())")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        for name in ("warmup_steps", "grad_accum_steps", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        betas = self.adam_betas
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2
+                and all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas)):
+            raise ValueError(f"adam_betas must be two numbers (beta1, beta2) in [0, 1), got {self.adam_betas!r}; "
+                             "the default is (0.9, 0.99)")
         self.adam_betas = tuple(self.adam_betas)
         if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise ValueError(f"learning_rate must be > 0 (typical: 1e-4 to 1e-3), got {self.learning_rate}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0 (0 = off), got {self.weight_decay}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {self.seed}")
         if self.grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -107,6 +129,9 @@ class Trainer:
                    lowres_images: torch.Tensor | None = None, unet: torch.nn.Module | None = None) -> float:
         """One optimizer step of `stage` on a full batch; returns the batch's mean loss."""
         cfg, cascade = self.config, self.cascade
+        if not 0 <= stage < cascade.num_stages:
+            raise ValueError(f"stage must be in [0, {cascade.num_stages - 1}] (this cascade has {cascade.num_stages} "
+                             f"stages, 0 = base), got {stage}")
         model = cascade.unets[stage]
         model.train()
         batch = images.shape[0]
@@ -119,6 +144,7 @@ class Trainer:
                 loss = cascade.training_loss(stage, images[idx], text_embeds[idx], text_mask[idx], generator=gen,
                                              lowres_images=low, unet=unet)
             if not torch.isfinite(loss):
+                self.optimizers[stage].zero_grad(set_to_none=True)  # drop earlier micro-batches' gradients too
                 raise NonFiniteLossError(
                     f"stage {stage}, step {self.steps[stage]}: the loss is {loss.item()}. The weights were not "
                     "updated. Try a lower learning_rate (or more warmup_steps), grad_clip_norm=1.0, or "
@@ -155,6 +181,8 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, root: str | Path, keep: int = 2) -> Path:
         """Write root/step-XXXXXXXX (cascade + optimizer state) atomically; keep the newest `keep`."""
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 (how many step-* directories to keep), got {keep}")
         root = Path(root)
         name = f"step-{sum(self.steps):08d}"
 
@@ -167,31 +195,95 @@ class Trainer:
         path = atomic_write_dir(root / name, write)
         for old in _step_dirs(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        _remove_dead_writers_temp_dirs(root)
         return path
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore weights, EMA, optimizer/scheduler state and step counters from a save_checkpoint directory."""
+    def load_checkpoint(self, path: str | Path | None) -> None:
+        """Restore weights, EMA, optimizer/scheduler state and step counters from a save_checkpoint directory.
+
+        Everything is read and checked first; the trainer is changed only if the whole checkpoint is good.
+        Optimizer files are read with torch.load(weights_only=True): a tampered pickle is refused, never run.
+        """
         from .checkpoint import load_cascade
 
+        if path is None:  # what latest_checkpoint returns for an empty or wrong folder
+            raise CheckpointError("no checkpoint to load (latest_checkpoint found no step-* directory); check the "
+                                  "folder you passed, or start training from scratch")
         path = Path(path)
+        if not (path / "trainer_state.json").is_file():
+            raise CheckpointError(f"{path} is not a training checkpoint (it has no trainer_state.json); pass a step-* "
+                                  "directory written by Trainer.save_checkpoint, e.g. latest_checkpoint(root). "
+                                  "For sampling-only weights use Cascade.from_pretrained")
         state = read_json(path / "trainer_state.json")
+        steps = state.get("steps") if isinstance(state, dict) else None
+        if not isinstance(steps, list) or len(steps) != self.cascade.num_stages:
+            raise CheckpointError(f"{path / 'trainer_state.json'} has no valid 'steps' list for "
+                                  f"{self.cascade.num_stages} stages (got {steps!r}); re-copy the checkpoint")
         loaded = load_cascade(type(self.cascade), path / "cascade")
         if loaded.config.to_dict() != self.cascade.config.to_dict():
-            raise CheckpointError(f"{path} was trained with a different cascade config; resume with the same "
-                                  "settings (or start a new --out directory)")
+            where = _first_difference(loaded.config.to_dict(), self.cascade.config.to_dict())
+            raise CheckpointError(f"{path} was trained with a different cascade config ({where}); resume with the "
+                                  "same settings (or start a new --out directory)")
+        if loaded.ema_unets is None:
+            raise CheckpointError(f"{path / 'cascade'} has no stage*.ema.safetensors; re-copy the whole step-* directory")
         device = self.cascade.device
+        blobs = []
+        for i in range(len(self.optimizers)):
+            f = path / f"optimizer{i}.pt"
+            try:
+                blob = torch.load(f, map_location=device, weights_only=True)  # tensors and plain containers only
+                blobs.append((blob["optimizer"], blob["scheduler"]))
+            except pickle.UnpicklingError as err:
+                raise CheckpointError(f"{f} was refused: it holds Python objects other than tensors and plain "
+                                      "containers, so it is not a file minimagen wrote (tampered?). Nothing in it "
+                                      "was run; delete it and resume from another step-* directory") from err
+            except Exception as err:  # noqa: BLE001 - re-raised with the file named
+                raise CheckpointError(f"{f} could not be read ({type(err).__name__}: {err}); resume from an earlier "
+                                      "step-* directory") from err
         self.cascade.unets.load_state_dict(loaded.unets.state_dict())
         self.cascade.ema_unets.load_state_dict(loaded.ema_unets.state_dict())
         self.cascade.to(device)
-        for i, (opt, sch) in enumerate(zip(self.optimizers, self.schedulers)):
-            f = path / f"optimizer{i}.pt"
-            try:
-                blob = torch.load(f, map_location=device, weights_only=True)  # our own file; still no code execution
-            except Exception as err:  # noqa: BLE001 - re-raised with the file named
-                raise CheckpointError(f"{f} could not be read ({err}); resume from an earlier step-* directory") from err
-            opt.load_state_dict(blob["optimizer"])
-            sch.load_state_dict(blob["scheduler"])
-        self.steps = [int(s) for s in state["steps"]]
+        cfg = self.config
+        for opt, sch, (opt_state, sch_state) in zip(self.optimizers, self.schedulers, blobs):
+            opt.load_state_dict(opt_state)
+            sch.load_state_dict(sch_state)
+            # Adam's moments and the step come from the checkpoint, the hyper-parameters from this TrainConfig: a
+            # resume with a lower learning_rate (the NaN-loss advice) must take effect. Unchanged settings give
+            # the same numbers, so resume stays exact.
+            sch.base_lrs = [cfg.learning_rate for _ in opt.param_groups]
+            lr = cfg.learning_rate * sch.lr_lambdas[0](sch.last_epoch)   # lr_k = lr * warmup(k), as LambdaLR does
+            for group in opt.param_groups:
+                group.update(initial_lr=cfg.learning_rate, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        self.steps = [int(s) for s in steps]
+
+
+def _first_difference(a, b, where: str = "config") -> str:
+    """'stages[0].unet.base_channels: 16 in the checkpoint, 32 here' for two nested config dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{where}[{i}]")
+    return f"{where}: {a!r} in the checkpoint, {b!r} here"
+
+
+def _remove_dead_writers_temp_dirs(root: Path) -> None:
+    """Delete `.step-*.tmp-PID` folders whose writer was killed mid-save (never loaded, but checkpoint-sized)."""
+    if os.name != "posix":  # os.kill(pid, 0) only probes on POSIX; elsewhere leave them (they are harmless)
+        return
+    for tmp in root.glob(".step-*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: "does this process exist?"
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, owned by someone else
 
 
 def _step_dirs(root: Path) -> list[Path]:

@@ -214,3 +214,19 @@ def test_overfit_one_batch_samples_match_the_training_images(encoder):
     mse = ((out - images) ** 2).mean(dim=(1, 2, 3))
     mse_random = ((torch.rand_like(images) - images) ** 2).mean(dim=(1, 2, 3))
     assert (mse < 0.25 * mse_random).all(), (mse, mse_random)
+
+
+def test_ema_only_half_precision_checkpoint_loads_the_ema_weights(encoder, tmp_path):
+    """The small file format for sharing: EMA weights only, stored in fp16, loaded back into fp32 U-Nets."""
+    cascade = tiny_cascade(encoder)
+    Trainer(cascade)
+    with torch.no_grad():
+        for p in cascade.ema_unets.parameters():
+            p.add_(0.01)  # make EMA differ from raw
+    path = cascade.save_pretrained(tmp_path / "small", ema_only=True, dtype=torch.float16)
+    assert not (path / "stage0.safetensors").exists() and (path / "stage0.ema.safetensors").exists()
+    loaded = Cascade.from_pretrained(path, text_encoder=encoder)
+    for a, b, c in zip(cascade.ema_unets.parameters(), loaded.ema_unets.parameters(), loaded.unets.parameters()):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a.half().float())
+        torch.testing.assert_close(c, b)

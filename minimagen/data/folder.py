@@ -31,6 +31,12 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAPPING_FILES = ("captions.jsonl", "captions.csv")  # checked in this order
 REPORT_FIRST = 5  # file names listed per reason in the warning / error
+FIXES = {  # what to do about each reason a file is skipped (printed in the error)
+    "unreadable image": "re-export or delete the files PIL cannot open",
+    "missing caption": "add captions.jsonl / captions.csv or a .txt with the same name beside each image",
+    "empty caption": "write a caption for those images, or remove them",
+    "missing file": "fix the file names in the caption file (paths relative to the folder)",
+}
 
 
 def read_captions(root: Path) -> dict[str, str] | None:
@@ -101,7 +107,8 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
             raise ValueError(f"image_size={image_size!r}: use a positive int or a tuple of them")
         self.image_size, self.sizes = image_size, sizes
         if not self.root.is_dir():
-            raise ValueError(f"ImageCaptionFolder: {str(self.root)!r} is not an existing folder")
+            raise ValueError(f"ImageCaptionFolder: {str(self.root)!r} is not an existing folder; check the path "
+                             f"(a relative path starts from {str(Path.cwd())!r})")
         images = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
                         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         mapping = read_captions(self.root)
@@ -147,10 +154,11 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
         where = f"ImageCaptionFolder({str(self.root)!r})"
         if n_images == 0 and not self.skipped:
             raise ValueError(f"{where}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)}, "
-                             "recursively)")
+                             "recursively); put images with captions there (see minimagen/data/folder.py)")
         if not self.files:
+            fixes = "; ".join(f"{reason}: {FIXES[reason]}" for reason in self.skipped)
             raise ValueError(f"{where}: no usable image-caption pairs out of {n_images} images; "
-                             f"{self._summary()}")
+                             f"{self._summary()}. To fix — {fixes}")
         if self.skipped:
             warnings.warn(f"{where}: using {len(self.files)} of {n_images} images, skipped "
                           f"{self._summary()}", stacklevel=3)

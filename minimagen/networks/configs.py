@@ -47,11 +47,14 @@ class UNetConfig:
     # one image size, so lowres_cond=True together with position_embedding=True is an error.
 
     def __post_init__(self) -> None:
-        if isinstance(self.channel_mults, list):
-            self.channel_mults = tuple(self.channel_mults)
-        for name in ("attn_resolutions", "cross_attn_resolutions"):
-            if isinstance(getattr(self, name), list):
-                setattr(self, name, tuple(getattr(self, name)))
+        for name in ("channel_mults", "attn_resolutions", "cross_attn_resolutions"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)):  # a bare int is the usual slip: (8) instead of (8,)
+                raise TypeError(f"{name} must be a tuple of ints, got {value!r}; write ({value!r},) for one entry")
+            setattr(self, name, tuple(value))
+        for name in ("lowres_cond", "efficient", "position_embedding"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.num_res_blocks, list):
             self.num_res_blocks = tuple(self.num_res_blocks)
         self._validate()
