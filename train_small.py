@@ -43,6 +43,9 @@ parser.add_argument("--data", default=None, help="folder of images with captions
 parser.add_argument("--out", default="runs/shapes", help="output directory")
 parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
 parser.add_argument("--seed", type=int, default=0, help="seeds data, initialisation and every training step")
+parser.add_argument("--cache-dir", default=os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                                                        "minimagen", "embeddings"),
+                    help="caption-embedding cache shared by runs (default: ~/.cache/minimagen/embeddings)")
 parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
 parser.add_argument("--eval-every", type=int, default=0, help="score the base stage every N steps (alignment curve)")
 parser.add_argument("--learning-rate", type=float, default=None, help="AdamW peak learning rate (default: the "
@@ -50,6 +53,7 @@ parser.add_argument("--learning-rate", type=float, default=None, help="AdamW pea
 parser.add_argument("--checkpoint-every", type=int, default=None, help="save a resumable checkpoint every N steps "
                     "(default: the preset's; 0 = only at the end and on Ctrl-C)")
 parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 args = parser.parse_args()
 sys.stdout.reconfigure(line_buffering=True)  # progress lines appear at once even when redirected to a file
 
@@ -65,6 +69,8 @@ device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(args.seed)
+if args.threads:
+    torch.set_num_threads(args.threads)
 t_start = time.time()
 timings: dict[str, float] = {}
 print(f"minimagen train_small: preset {args.preset!r}, device {device}, stages {preset.sizes}, out {out}")
@@ -73,7 +79,7 @@ print(f"minimagen train_small: preset {args.preset!r}, device {device}, stages {
 # Images pre-rendered at every stage's size; captions encoded ONCE through the on-disk embedding cache, so
 # the text encoder never runs inside the training loop and is freed before training.
 t0 = time.time()
-data = prepare_training_data(preset, data_dir=args.data, seed=args.seed, cache_dir=out / "embedding_cache",
+data = prepare_training_data(preset, data_dir=args.data, seed=args.seed, cache_dir=args.cache_dir,
                              progress=not args.no_progress)
 timings["data_s"] = time.time() - t0
 print(f"data: {len(data)} items, {data.num_captions} distinct captions, text {data.embed_dim}-d "

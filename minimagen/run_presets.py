@@ -84,7 +84,7 @@ RUN_PRESETS: dict[str, RunPreset] = {
     "ci": RunPreset(sizes=(16, 32, 64), unets=(_BASE, _SR, _SR), steps=(60, 20, 20), batch_size=16,
                     num_items=400, num_inference_steps=(8, 4, 4), num_eval_prompts=6, checkpoint_every=0,
                     warmup_steps=10),
-    "default": RunPreset(sizes=(16, 32, 128), unets=(_BASE, _SR, _SR), steps=(2000, 800, 600), batch_size=32,
+    "default": RunPreset(sizes=(16, 32, 128), unets=(_BASE, _SR, _SR), steps=(1500, 600, 500), batch_size=32,
                          crop_size=32, num_items=8000, num_inference_steps=(50, 20, 10)),
     "gpu": RunPreset(
         sizes=(64, 256, 1024),
