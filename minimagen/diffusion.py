@@ -336,7 +336,7 @@ def sample_loop(model_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, sched
                 dynamic_thresholding_ratio: float = 0.95, sample_max_value: float | None = None,
                 generator: torch.Generator | None = None,
                 callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
-                progress: bool = False) -> Tensor:
+                progress: bool | str = False) -> Tensor:
     """Denoise x_T (pure noise, (B, ...)) into x_0 in num_inference_steps model calls.
 
     model_fn(x_t, t) -> prediction in `prediction_type` space, with t a LongTensor (B,) on x_T's device;
@@ -358,7 +358,7 @@ def sample_loop(model_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, sched
     steps = list(zip(timesteps, timesteps[1:] + [-1]))  # (t, t_prev) pairs, the last lands on t_prev = -1
     if progress:
         from tqdm.auto import tqdm
-        steps = tqdm(steps, desc=f"{sampler} sampling")
+        steps = tqdm(steps, desc=progress if isinstance(progress, str) else f"{sampler} sampling", leave=False)
     x, batch = x_T, x_T.shape[0]
     for i, (t, t_prev) in enumerate(steps):
         t_batch = torch.full((batch,), t, dtype=torch.long, device=x.device)  # (B,)

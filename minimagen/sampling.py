@@ -189,7 +189,7 @@ def sample_cascade(
             model_fn, x_T, cascade.schedules[s], steps[i], sampler=samplers[i], eta=etas[i],
             prediction_type=cfg.prediction_type, thresholding=modes[i],
             dynamic_thresholding_ratio=ratios[i], sample_max_value=caps[i], generator=generator,
-            callback=step_cb, progress=progress,
+            callback=step_cb, progress=f"stage {s} ({cfg.image_size}px, {samplers[i]})" if progress else False,
         )
         images = ((x0.clamp(-1, 1) + 1) / 2).float()  # [-1, 1] -> [0, 1]
         if offload:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..embedding_cache import EmbeddingCache, EmbeddingTable
 from ..text_encoder import load_text_encoder
