@@ -5,6 +5,7 @@
     python train_small.py --preset gpu          # the paper's 64 -> 256 -> 1024 shape, scaled to one ~24 GB GPU
     python train_small.py --out runs/x --resume # continue an interrupted run (Ctrl-C saves a checkpoint)
     python train_small.py --data my_folder --text-encoder t5-small   # your images + captions, any T5
+    torchrun --nproc_per_node 4 train_small.py --preset gpu     # 4 GPUs (DDP; see README "Training on GPUs")
 
 Reads top to bottom like nanoGPT's train.py: config -> data -> model -> optimiser -> loop -> sampling ->
 report. Everything reusable lives in the `minimagen` package; this script only composes it.
@@ -25,12 +26,13 @@ from pathlib import Path
 
 import torch
 
+from minimagen import distributed
 from minimagen.run_presets import RUN_PRESETS, build_cascade_config, prompt_sets
 from minimagen.cascade import Cascade
 from minimagen.checkpoint import CheckpointError
 from minimagen.data.prepare import prepare_training_data
 from minimagen.report import sample_captions, save_sample_grid, score_samples
-from minimagen.training import NonFiniteLossError, TrainConfig, Trainer, latest_checkpoint, step_generator
+from minimagen.training import MIXED_PRECISION, NonFiniteLossError, TrainConfig, Trainer, latest_checkpoint
 
 # ----------------------------------------------------------------------------- config
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +43,13 @@ parser.add_argument("--batch-size", type=int, default=None, help="images per opt
 parser.add_argument("--text-encoder", default=None, help="all-MiniLM-L6-v2 (offline default), t5-small, ..., or a local T5 directory")
 parser.add_argument("--data", default=None, help="folder of images with captions (default: the built-in captioned shapes)")
 parser.add_argument("--out", default="runs/shapes", help="output directory")
-parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available; under "
+                    "torchrun each process takes cuda:LOCAL_RANK)")
+parser.add_argument("--mixed-precision", default="auto", choices=MIXED_PRECISION, help="GPU autocast: auto = bf16 "
+                    "where supported else fp16 with a grad scaler; no = fp32. CPU always trains in fp32")
+parser.add_argument("--compile", action="store_true", help="torch.compile the U-Nets for training (GPU; the first "
+                    "steps take minutes to compile)")
+parser.add_argument("--no-tf32", action="store_true", help="GPU: keep fp32 matmuls/convs in full fp32 (default: TF32)")
 parser.add_argument("--seed", type=int, default=0, help="seeds data, initialisation and every training step")
 parser.add_argument("--cache-dir", default=os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
                                                         "minimagen", "embeddings"),
@@ -65,22 +73,34 @@ if args.checkpoint_every is not None:
     if args.checkpoint_every < 0:
         sys.exit(f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}")
     preset = dataclasses.replace(preset, checkpoint_every=args.checkpoint_every)
-device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+dist = distributed.init_distributed(args.device)  # one process, or this rank of a torchrun job
+device = dist.device
+if not dist.is_main:  # rank 0 prints, shows progress and writes every file
+    sys.stdout = open(os.devnull, "w")
+    args.no_progress = True
+if device.type == "cuda" and not args.no_tf32:
+    torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (~10 bits of mantissa)
+    torch.backends.cudnn.allow_tf32 = True
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
-torch.manual_seed(args.seed)
+torch.manual_seed(args.seed)  # initialisation: the same on every rank
 if args.threads:
     torch.set_num_threads(args.threads)
 t_start = time.time()
 timings: dict[str, float] = {}
-print(f"minimagen train_small: preset {args.preset!r}, device {device}, stages {preset.sizes}, out {out}")
+print(f"minimagen train_small: preset {args.preset!r}, device {device}, stages {preset.sizes}, out {out}"
+      + (f", {dist.world_size} processes (global batch {preset.batch_size})" if dist.world_size > 1 else ""))
 
 # ----------------------------------------------------------------------------- data
 # Images pre-rendered at every stage's size; captions encoded ONCE through the on-disk embedding cache, so
 # the text encoder never runs inside the training loop and is freed before training.
 t0 = time.time()
+if not dist.is_main:
+    distributed.barrier()  # rank 0 encodes the captions into the shared cache first; the others then read it
 data = prepare_training_data(preset, data_dir=args.data, seed=args.seed, cache_dir=args.cache_dir,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, encoder_device=device)
+if dist.is_main:
+    distributed.barrier()
 timings["data_s"] = time.time() - t0
 print(f"data: {len(data)} items, {data.num_captions} distinct captions, text {data.embed_dim}-d "
       f"({timings['data_s']:.0f} s)")
@@ -91,8 +111,14 @@ for i, unet in enumerate(cascade.unets):
     print(f"stage {i}: {preset.sizes[i]}x{preset.sizes[i]}, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M params")
 
 # ----------------------------------------------------------------------------- optimiser
+try:
+    samplers = [distributed.StageSampler(len(data), preset.batch_size, seed=args.seed, stage=s)
+                for s in range(len(preset.sizes))]
+except ValueError as err:  # e.g. a global batch not divisible by the number of processes
+    sys.exit(f"--batch-size: {err}")
 trainer = Trainer(cascade, TrainConfig(learning_rate=preset.learning_rate, warmup_steps=preset.warmup_steps,
-                                       ema_decay=preset.ema_decay, seed=args.seed))
+                                       ema_decay=preset.ema_decay, seed=args.seed,
+                                       mixed_precision=args.mixed_precision, torch_compile=args.compile))
 ckpt_root = out / "checkpoints"
 if args.resume:
     last = latest_checkpoint(ckpt_root)
@@ -116,6 +142,8 @@ def _on_sigint(signum, frame):  # Ctrl-C: finish the current step, save, exit cl
 
 
 def save_losses() -> None:  # atomic, like the checkpoints: a kill mid-write must not leave half a JSON file
+    if not dist.is_main:
+        return
     tmp = out / f".losses.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(losses))
     os.replace(tmp, out / "losses.json")
@@ -136,9 +164,11 @@ for stage in range(len(preset.sizes)):
     t0 = time.time()
     bar = tqdm(total=preset.steps[stage], initial=trainer.steps[stage], desc=f"stage {stage} ({preset.sizes[stage]}px)",
                disable=args.no_progress, dynamic_ncols=True)
-    while trainer.steps[stage] < preset.steps[stage] and not interrupted:
-        step = trainer.steps[stage]
-        idx = torch.randint(0, len(data), (preset.batch_size,), generator=step_generator(args.seed, stage, step, 999))
+    while trainer.steps[stage] < preset.steps[stage]:
+        if distributed.any_rank(interrupted, device):  # every rank stops after the same step
+            interrupted = True
+            break
+        idx = samplers[stage].indices(trainer.steps[stage])  # this rank's rows of the global batch
         images, embeds, mask = data.batch(stage, idx, device)
         try:
             loss = trainer.train_step(stage, images, embeds, mask)
@@ -152,7 +182,7 @@ for stage in range(len(preset.sizes)):
         if preset.checkpoint_every and trainer.steps[stage] % preset.checkpoint_every == 0:
             save_losses()  # losses first: on resume they are cut back to the checkpoint's step
             trainer.save_checkpoint(ckpt_root)
-        if stage == 0 and args.eval_every and trainer.steps[0] % args.eval_every == 0:
+        if stage == 0 and args.eval_every and trainer.steps[0] % args.eval_every == 0 and dist.is_main:
             te = time.time()
             point = {name: score_samples(cascade, items, preset, num_stages=1, seed=args.seed)["all"]
                      for name, items in prompt_sets(preset).items()}
@@ -173,8 +203,13 @@ for stage in range(len(preset.sizes)):
 
 save_losses()
 trainer.save_checkpoint(ckpt_root)
+if not dist.is_main:  # the samples, the report and final/ are rank 0's
+    distributed.cleanup()
+    sys.exit(0)
 cascade.save_pretrained(out / "final")
 signal.signal(signal.SIGINT, signal.default_int_handler)  # training is saved: Ctrl-C now simply stops sampling
+
+distributed.cleanup()  # rank 0 samples alone
 
 # ----------------------------------------------------------------------------- sampling
 t0 = time.time()

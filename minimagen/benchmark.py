@@ -9,8 +9,9 @@ Prints one JSON line per scenario with
     train_gflop / sample_gflop   FLOPs per step counted by torch.utils.flop_counter.FlopCounterMode
                            (convs, matmuls and attention; the CPU flash-attention formula is registered here)
     train_gflops / sample_gflops achieved GFLOP/s (counted FLOPs / step seconds, median over steps)
-    matmul_gflops          fp32 1024^3 matmul GFLOP/s of this machine with the same threads, probed right
-                           before every timed step (median; matmul_gflops_min_max shows how loaded it was)
+    matmul_gflops          GFLOP/s of an n^3 matmul in the benchmark's dtype (CPU: fp32, n=1024, same threads;
+                           GPU: bf16, n=4096), probed right before every timed step (median;
+                           matmul_gflops_min_max shows how loaded the machine was)
     train_efficiency / sample_efficiency   median over steps of achieved / the probe just before it
     peak_rss_mib           peak resident memory of this process so far (CUDA: also peak allocated)
     load_avg_1min_before_after   the OS load average: above --threads means other jobs shared the cores
@@ -21,6 +22,10 @@ one training step (where the time goes).
 Scenario `base32` is the reference: base U-Net at 32x32, width 64, multipliers (1, 2, 4), 2 ResBlocks per
 level, self-attention (keys/values also see the text) at 16 and 8, 4 heads of 64, text 32 tokens x 512 with
 16 valid, batch 8, fp32.
+
+GPU mode: `python -m minimagen.benchmark --device cuda` runs the same scenarios under bf16 autocast (`--dtype`
+fp16 / fp32 to change; fp16 adds a GradScaler as training does), against a bf16 matmul probe, and reports
+peak_cuda_mib; `--compile` times the torch.compile'd U-Net (compilation happens in the warm-up steps).
 """
 from __future__ import annotations
 
@@ -65,9 +70,9 @@ class MatmulProbe:
     """fp32 GFLOP/s of an n x n x n matmul, the machine's practical peak for dense math. Called right before
     every timed step, so the workload and the reference are measured under the same load (shared machine)."""
 
-    def __init__(self, device: torch.device, n: int = 1024, reps: int = 3):
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, reps: int = 3):
         g = torch.Generator().manual_seed(0)
-        self.a, self.b = (torch.randn(n, n, generator=g).to(device) for _ in range(2))
+        self.a, self.b = (torch.randn(n, n, generator=g).to(device, dtype) for _ in range(2))
         self.device, self.n, self.reps = device, n, reps
 
     def __call__(self) -> float:
@@ -143,8 +148,15 @@ def to_format(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def run_scenario(name: str, args) -> dict:
     sc, device = SCENARIOS[name], torch.device(args.device)
+    dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = DTYPES[dtype_name]
+    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)  # noqa: E731
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(0)  # parameter init
     config = unet_config(sc.preset)
@@ -153,6 +165,7 @@ def run_scenario(name: str, args) -> dict:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 1e-3)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.fused_adamw)
+    net = torch.compile(model) if args.compile else model
     g = torch.Generator().manual_seed(0)
     x, inputs = make_inputs(config, sc.batch, sc.text_len, sc.valid_tokens, device, g)
     x = to_format(x, args.channels_last)
@@ -160,10 +173,12 @@ def run_scenario(name: str, args) -> dict:
     target = to_format(torch.randn(x.shape, generator=g).to(device), args.channels_last)
     drop = torch.rand(sc.batch, generator=g).to(device) < 0.1
 
-    def train_step():
-        loss = F.mse_loss(model(x, drop_text=drop, **inputs), target)
-        loss.backward()
-        optimizer.step()
+    def train_step(net=net):
+        with autocast():
+            loss = F.mse_loss(net(x, drop_text=drop, **inputs).float(), target)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     # CFG for one image: row 0 conditional, row 1 unconditional (drop_text), one batched forward
@@ -172,25 +187,26 @@ def run_scenario(name: str, args) -> dict:
     x_pair = to_format(x[:1].expand(2, -1, -1, -1).contiguous(), args.channels_last)
     cfg_drop = torch.tensor([False, True], device=device)
 
-    def sample_step():
-        with torch.inference_mode():
-            eps_cond, eps_uncond = model(x_pair, drop_text=cfg_drop, **pair).chunk(2)
+    def sample_step(net=net):
+        with torch.inference_mode(), autocast():
+            eps_cond, eps_uncond = net(x_pair, drop_text=cfg_drop, **pair).chunk(2)
             return eps_uncond + args.guidance_scale * (eps_cond - eps_uncond)  # w*eps_c + (1-w)*eps_u (eq. 2)
 
     load_before = os.getloadavg()[0]
-    probe = MatmulProbe(device)
+    probe = MatmulProbe(device, dtype, n=4096 if device.type == "cuda" else 1024)
     train_s, train_peaks = timed_steps(train_step, args.steps, args.warmup, device, probe)
     sample_s, sample_peaks = timed_steps(sample_step, args.steps, args.warmup, device, probe)
-    result = dict(scenario=name, preset=sc.preset, device=str(device), threads=torch.get_num_threads(),
-                  channels_last=args.channels_last, batch=sc.batch, params=count_parameters(model))
-    result.update(summarise("train", count_flops(train_step), train_s, train_peaks))
-    result.update(summarise("sample", count_flops(sample_step), sample_s, sample_peaks))
+    result = dict(scenario=name, preset=sc.preset, device=str(device), dtype=dtype_name,
+                  compiled=args.compile, threads=torch.get_num_threads(), channels_last=args.channels_last, batch=sc.batch, params=count_parameters(model))
+    result.update(summarise("train", count_flops(lambda: train_step(model)), train_s, train_peaks))
+    result.update(summarise("sample", count_flops(lambda: sample_step(model)), sample_s, sample_peaks))
     result["matmul_gflops"] = round(statistics.median(train_peaks + sample_peaks), 1)
     result["matmul_gflops_min_max"] = [round(min(train_peaks + sample_peaks), 1),
                                        round(max(train_peaks + sample_peaks), 1)]
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["load_avg_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # > threads: shared
     if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
         result["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -213,6 +229,9 @@ def main(argv: list[str] | None = None) -> None:
                              "from --no-channels-last was measured)")
     parser.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=True,
                         help="AdamW(fused=True): one kernel for all parameters instead of ~10 ops each")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                        help="autocast dtype of the timed steps and the matmul probe (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile(model) (compiles during warm-up)")
     parser.add_argument("--guidance-scale", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=1, help="run each scenario this many times")
     parser.add_argument("--profile", type=int, default=0, metavar="ROWS",

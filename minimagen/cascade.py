@@ -181,6 +181,33 @@ class Cascade(nn.Module):
         return embeds.to(self.device, torch.float32), mask.to(self.device)
 
     # ---------------------------------------------------------------- training
+    def draw_training_noise(self, stage: int, batch: int, generator: torch.Generator | None = None,
+                            device: torch.device | None = None) -> "TrainingNoise":
+        """Every random draw of a training batch of `batch` items (one row per item), on `device`."""
+        cfg = self.config.stages[stage]
+        device = device if device is not None else self.device
+        gdev = generator.device if generator is not None else device
+        size = cfg.image_size
+
+        def rand(*shape):  # drawn on the generator's device (a CPU generator can't make CUDA noise), then moved
+            return torch.randn(shape, generator=generator, device=gdev).to(device)
+
+        def randint(high, n):
+            return torch.randint(0, high, (n,), generator=generator, device=gdev).to(device)
+
+        noise = rand(batch, 3, size, size)                                   # eps ~ N(0, I)
+        noise_level = lowres_noise = top = left = None
+        if cfg.is_super_resolution:
+            noise_level = randint(cfg.train_noise_level_max, batch)         # aug level ~ U{0, ..., max-1}
+            lowres_noise = rand(batch, 3, size, size)                        # noise of the low-res condition
+            if cfg.crop_size is not None:                                    # one window per item
+                top = randint(size - cfg.crop_size + 1, batch)
+                left = randint(size - cfg.crop_size + 1, batch)
+        t = randint(self.schedules[stage].num_train_timesteps, batch)       # t ~ U{0, ..., T-1}
+        drop_text = torch.rand(batch, generator=generator, device=gdev).to(device) < cfg.cond_drop_prob  # CFG
+        return TrainingNoise(noise=noise, t=t, drop_text=drop_text, noise_level=noise_level,
+                             lowres_noise=lowres_noise, crop_top=top, crop_left=left)
+
     def training_loss(
         self,
         stage: int,
@@ -190,12 +217,14 @@ class Cascade(nn.Module):
         generator: torch.Generator | None = None,
         lowres_images: torch.Tensor | None = None,
         unet: nn.Module | None = None,
+        noise: "TrainingNoise | None" = None,
     ) -> torch.Tensor:
         """The diffusion loss of one stage on a batch (DDPM Algorithm 1, with Imagen's conditioning).
 
         images: [B, 3, H, W] in [0, 1] at this stage's image_size. For an SR stage the low-res condition is
         made from `images` (downsampled to the previous stage's size) unless `lowres_images` [B, 3, h, w]
-        is given. `unet` overrides the stage's network (e.g. a DistributedDataParallel wrapper).
+        is given. `unet` overrides the stage's network (e.g. a DistributedDataParallel wrapper). `noise`: the
+        batch's random draws (see `TrainingNoise`); default: drawn here from `generator`.
         """
         if not 0 <= stage < self.num_stages:
             raise ValueError(f"stage must be in [0, {self.num_stages - 1}] (0 = base), got {stage}")
@@ -204,36 +233,29 @@ class Cascade(nn.Module):
         self._check_images(images, cfg.image_size, "images")
         if lowres_images is not None and cfg.is_super_resolution:
             self._check_images(lowres_images, self.config.stages[stage - 1].image_size, "lowres_images")
-        batch, device = images.shape[0], images.device
-
-        def rand(*shape):  # noise on the generator's device, then moved (a CPU generator can't make CUDA noise)
-            gdev = generator.device if generator is not None else device
-            return torch.randn(shape, generator=generator, device=gdev).to(device)
-
-        def randint(high, n):
-            gdev = generator.device if generator is not None else device
-            return torch.randint(0, high, (n,), generator=generator, device=gdev).to(device)
+        batch = images.shape[0]
+        if noise is None:
+            noise = self.draw_training_noise(stage, batch, generator, images.device)
+        elif noise.t.shape != (batch,):
+            raise ValueError(f"noise holds the draws of {noise.t.shape[0]} items but images has {batch}; "
+                             "pass noise.select(rows) for this batch's rows")
 
         x0 = images * 2 - 1                                  # [0, 1] -> [-1, 1]
-        noise = rand(*x0.shape)
-        lowres_cond = noise_level = None
+        eps = noise.noise
+        lowres_cond = None
         if cfg.is_super_resolution:
             prev_size = self.config.stages[stage - 1].image_size
             if lowres_images is None:
                 lowres_images = downsample(images, prev_size)  # what the previous stage would have produced
-            noise_level = randint(cfg.train_noise_level_max, batch)
-            lowres_cond = prepare_lowres_condition(lowres_images, cfg.image_size, noise_level, generator=generator)
+            lowres_cond = prepare_lowres_condition(lowres_images, cfg.image_size, noise.noise_level,
+                                                   noise=noise.lowres_noise)
             if cfg.crop_size is not None:  # one random window per item, shared by target, condition and noise
-                x0, lowres_cond, noise = _random_crop((x0, lowres_cond, noise), cfg.crop_size, generator)
+                x0, lowres_cond, eps = _crop((x0, lowres_cond, eps), cfg.crop_size, noise.crop_top, noise.crop_left)
         schedule = self.schedules[stage]
-        t = randint(schedule.num_train_timesteps, batch)                     # t ~ U{0, ..., T-1}
-        x_t = q_sample(x0, t, noise, schedule.alphas_cumprod)                # DDPM eq. 4
-        drop_text = torch.rand(batch, generator=generator,
-                               device=generator.device if generator is not None else device).to(device)
-        drop_text = drop_text < cfg.cond_drop_prob                           # classifier-free guidance dropout
-        pred = unet(x_t, t, text_embeds, text_mask, lowres_image=lowres_cond, noise_level=noise_level,
-                    drop_text=drop_text)
-        target = training_target(x0, noise, t, schedule.alphas_cumprod, cfg.prediction_type)
+        x_t = q_sample(x0, noise.t, eps, schedule.alphas_cumprod)            # DDPM eq. 4
+        pred = unet(x_t, noise.t, text_embeds, text_mask, lowres_image=lowres_cond, noise_level=noise.noise_level,
+                    drop_text=noise.drop_text)
+        target = training_target(x0, eps, noise.t, schedule.alphas_cumprod, cfg.prediction_type)
         return F.mse_loss(pred.float(), target.float())                      # || target - f(x_t, t, c) ||^2
 
     @staticmethod
@@ -272,13 +294,32 @@ class Cascade(nn.Module):
         return load_cascade(cls, directory, device=device, text_encoder=text_encoder)
 
 
-def _random_crop(tensors: tuple[torch.Tensor, ...], size: int, generator: torch.Generator | None):
-    """Crop the same random size x size window (one per batch item) out of each [B, C, H, W] tensor."""
-    batch, _, height, width = tensors[0].shape
-    gdev = generator.device if generator is not None else "cpu"
-    top = torch.randint(0, height - size + 1, (batch,), generator=generator, device=gdev).tolist()
-    left = torch.randint(0, width - size + 1, (batch,), generator=generator, device=gdev).tolist()
+def _crop(tensors: tuple[torch.Tensor, ...], size: int, top: torch.Tensor, left: torch.Tensor):
+    """Crop the size x size window at (top[i], left[i]) out of item i of each [B, C, H, W] tensor."""
+    top, left = top.tolist(), left.tolist()
     return tuple(
-        torch.stack([x[i, :, top[i]:top[i] + size, left[i]:left[i] + size] for i in range(batch)])  # [B, C, s, s]
+        torch.stack([x[i, :, top[i]:top[i] + size, left[i]:left[i] + size] for i in range(len(top))])  # [B, C, s, s]
         for x in tensors
     )
+
+
+@dataclass
+class TrainingNoise:
+    """Every random draw of one training batch (DDPM Algorithm 1 + Imagen's conditioning), one row per item.
+
+    `Trainer` draws it once for the whole global batch and each rank / micro-batch takes its rows with
+    `select`, so a step is the same on 1 process, on N (DistributedDataParallel) or in micro-batches.
+    """
+
+    noise: torch.Tensor                       # [B, 3, S, S] eps for q_sample (S = image_size; cropped with it)
+    t: torch.Tensor                           # [B] long timesteps in [0, T)
+    drop_text: torch.Tensor                   # [B] bool: caption replaced by the null embedding (CFG dropout)
+    noise_level: torch.Tensor | None = None   # SR stages: [B] long augmentation levels
+    lowres_noise: torch.Tensor | None = None  # SR stages: [B, 3, S, S] noise added to the low-res condition
+    crop_top: torch.Tensor | None = None      # cropped SR stages: [B] long top-left corner of each window
+    crop_left: torch.Tensor | None = None
+
+    def select(self, rows) -> "TrainingNoise":
+        """The draws of some rows (an index tensor or a slice) of the batch."""
+        return TrainingNoise(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+                                for f in dataclasses.fields(self)})

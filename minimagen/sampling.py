@@ -86,6 +86,7 @@ def sample_cascade(
     lowres_images: torch.Tensor | None = None,
     use_ema: bool = True,
     offload: bool = False,
+    device: str | torch.device | None = None,
     progress: bool = True,
     callback=None,
 ) -> CascadeOutput:
@@ -95,7 +96,9 @@ def sample_cascade(
     noise_level: augmentation level in [0, 1000) per SR stage (default: each stage's sample_noise_level).
     num_stages: stop after this many stages (e.g. 1 = base only). start_stage + lowres_images: run only the
     SR stages on given low-res images [B, 3, h, w] in [0, 1] (e.g. to sweep noise levels).
-    offload: keep only the running U-Net on the device (others on CPU), so large cascades fit on one GPU.
+    offload: keep only the running U-Net on `device` (the others, and the text encoder, stay on the CPU), so
+    a cascade bigger than the GPU's memory samples on it; each U-Net goes back to the CPU after its stage.
+    device: where to sample (default: where the cascade's U-Nets are).
     callback(stage, step_index, t, x_t, x0_pred): called at every denoising step (for teaching plots).
     """
     n_total = cascade.num_stages
@@ -159,7 +162,7 @@ def sample_cascade(
             raise ValueError(f"noise_level must be an int in [0, {NUM_NOISE_LEVELS - 1}] (one, or a list with one "
                              f"per super-resolution stage), got {lv!r}")
 
-    device = cascade.device
+    device = torch.device(device) if device is not None else cascade.device
     batch = text_embeds.shape[0]
     if start_stage > 0:
         if lowres_images is None:
@@ -175,7 +178,8 @@ def sample_cascade(
     for i, s in enumerate(stages):
         cfg = cascade.config.stages[s]
         unet = cascade.sampling_unet(s, use_ema)
-        if offload:
+        home = next(unet.parameters()).device
+        if offload or home != device:
             unet.to(device)
         lowres_cond = level = None
         if s > 0:
@@ -194,6 +198,8 @@ def sample_cascade(
         images = ((x0.clamp(-1, 1) + 1) / 2).float()  # [-1, 1] -> [0, 1]
         if offload:
             unet.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # give the freed blocks back before the next, larger stage
         if return_all_stages:
             all_stages.append(to_output_type(images, output_type))
     return CascadeOutput(to_output_type(images, output_type), all_stages if return_all_stages else None)

@@ -7,7 +7,13 @@ cascade can be trained one at a time or interleaved (the paper trains them indep
 
 Exact resume: all randomness of step k of stage s (timesteps, noise, caption dropout) comes from
 `step_generator(seed, s, k)`, so a run stopped after N steps and resumed from its checkpoint takes exactly
-the steps an uninterrupted run would have taken.
+the steps an uninterrupted run would have taken. The draws are made for the whole batch and then split into
+micro-batches (and across ranks under torchrun: see `distributed.py`), so grad accumulation and N processes
+compute the same step as one process on the whole batch.
+
+GPU fast path (all off or automatic on CPU): bf16 autocast (fp16 + GradScaler where bf16 is missing),
+`torch_compile`, DistributedDataParallel when a process group is initialised; TF32 and pinned memory are set
+by the training script (train_small.py).
 
 EMA with warm-up: decay_k = min(ema_decay, (1 + k) / (10 + k)). A plain decay of 0.9999 averages over
 ~10,000 steps, so a short run sampled from its EMA would show a nearly random network — the "samples are pure
@@ -18,6 +24,7 @@ Contents: `TrainConfig`, `step_generator`, `NonFiniteLossError`, `Trainer` (trai
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -30,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoint import CheckpointError, atomic_write_dir, read_json, save_cascade, write_json
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -46,7 +54,8 @@ class TrainConfig:
     grad_clip_norm: float = 1.0           # clip the global gradient norm to this (0 = off)
     grad_accum_steps: int = 1             # micro-batches per optimizer step; the loss is divided by their number
     ema_decay: float = 0.999              # EMA decay after warm-up (paper scale: 0.9999 over millions of steps)
-    mixed_precision: str = "auto"         # "auto" = bf16 autocast on CUDA if supported else fp32; "no" = fp32 always
+    mixed_precision: str = "auto"         # "auto" = bf16 autocast on CUDA if supported else fp16; CPU: fp32 always
+    torch_compile: bool = False           # torch.compile the U-Net being trained (GPU; the first steps compile)
     seed: int = 0                         # seeds step_generator: same seed -> same run
 
     def __post_init__(self) -> None:
@@ -88,13 +97,20 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf: training stops instead of corrupting the weights."""
 
 
-def step_generator(seed: int, stage: int, step: int, micro: int = 0) -> torch.Generator:
-    """The CPU generator for all randomness of one (stage, step, micro-batch): makes resume exact."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + stage) * 1_000_033 + step) * 101 + micro)
+def step_generator(seed: int, stage: int, step: int, stream: int = 0, device="cpu") -> torch.Generator:
+    """The generator for all randomness of one (stage, step[, stream]): makes resume exact.
+
+    device="cuda" draws the noise on the GPU (a CPU generator would make 1024x1024 noise on the CPU and copy it).
+    """
+    return torch.Generator(device=device).manual_seed(((seed * 1_000_003 + stage) * 1_000_033 + step) * 101 + stream)
 
 
-def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for this device, or None for plain fp32 (always on CPU: bf16 is ~100x slower there)."""
+def autocast_dtype(mixed_precision: str, device: torch.device, bf16_supported: bool | None = None) -> torch.dtype | None:
+    """The autocast dtype for this device, or None for plain fp32 (always on CPU: bf16 is ~100x slower there).
+
+    bf16_supported: whether the GPU computes in bf16 (default: torch.cuda.is_bf16_supported(); V100/T4 cannot,
+    so "auto" falls back to fp16, which `Trainer` pairs with a GradScaler).
+    """
     if device.type != "cuda":
         if mixed_precision in ("bf16", "fp16"):
             raise ValueError(f"mixed_precision={mixed_precision!r} is for CUDA GPUs; on {device.type} train in "
@@ -102,13 +118,22 @@ def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | 
         return None
     if mixed_precision == "no":
         return None
-    if mixed_precision == "fp16" or (mixed_precision == "auto" and not torch.cuda.is_bf16_supported()):
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    if mixed_precision == "bf16" and not bf16_supported:
+        raise ValueError("mixed_precision='bf16' but this GPU has no bf16 support; use 'fp16' (with a grad scaler) "
+                         "or 'auto'")
+    if mixed_precision == "fp16" or (mixed_precision == "auto" and not bf16_supported):
         return torch.float16
     return torch.bfloat16
 
 
 class Trainer:
-    """Trains the stages of a `Cascade` (each with its own AdamW, LR schedule, EMA and step counter)."""
+    """Trains the stages of a `Cascade` (each with its own AdamW, LR schedule, EMA and step counter).
+
+    Under torchrun (a process group initialised, see `distributed.init_distributed`) each rank passes its own
+    rows of the global batch to `train_step` and the U-Net is wrapped in DistributedDataParallel.
+    """
 
     def __init__(self, cascade, config: TrainConfig | None = None):
         self.cascade = cascade
@@ -124,39 +149,62 @@ class Trainer:
         self.steps = [0] * cascade.num_stages
         self.dtype = autocast_dtype(cfg.mixed_precision, cascade.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.rank, self.world_size = distributed.rank_and_world_size()
+        self._train_modules: dict[int, torch.nn.Module] = {}  # stage -> DDP / compiled wrapper, made on first use
+
+    def train_module(self, stage: int) -> torch.nn.Module:
+        """The module that computes stage's training forward: the U-Net, wrapped in DDP / torch.compile if on."""
+        if stage not in self._train_modules:
+            module = self.cascade.unets[stage]
+            if self.world_size > 1:
+                device = self.cascade.device
+                # DDP copies rank 0's weights to every rank here; a fresh stage's EMA starts from those weights
+                module = torch.nn.parallel.DistributedDataParallel(
+                    module, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+                if self.steps[stage] == 0:
+                    self.cascade.ema_unets[stage].load_state_dict(self.cascade.unets[stage].state_dict())
+            if self.config.torch_compile:
+                module = torch.compile(module)
+            self._train_modules[stage] = module
+        return self._train_modules[stage]
 
     def train_step(self, stage: int, images: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor,
                    lowres_images: torch.Tensor | None = None, unet: torch.nn.Module | None = None) -> float:
-        """One optimizer step of `stage` on a full batch; returns the batch's mean loss."""
+        """One optimizer step of `stage`; returns the mean loss over the (global) batch.
+
+        images etc.: this process's rows of the batch (all of it in a single process; under torchrun rows
+        rank, rank + N, ... of the global batch, as `distributed.StageSampler` gives them).
+        """
         cfg, cascade = self.config, self.cascade
         if not 0 <= stage < cascade.num_stages:
             raise ValueError(f"stage must be in [0, {cascade.num_stages - 1}] (this cascade has {cascade.num_stages} "
                              f"stages, 0 = base), got {stage}")
-        model = cascade.unets[stage]
-        model.train()
-        batch = images.shape[0]
+        model = unet if unet is not None else self.train_module(stage)
+        cascade.unets[stage].train()
+        batch, device = images.shape[0], cascade.device
+        # all draws of this step, for the global batch; this rank keeps rows rank, rank + N, ...
+        gen = step_generator(cfg.seed, stage, self.steps[stage], device=device.type)
+        noise = cascade.draw_training_noise(stage, batch * self.world_size, gen, device)
+        noise = noise.select(slice(self.rank, None, self.world_size))
         chunks = torch.arange(batch).tensor_split(min(cfg.grad_accum_steps, batch))
         total = 0.0
         for micro, idx in enumerate(chunks):
-            gen = step_generator(cfg.seed, stage, self.steps[stage], micro)
             low = None if lowres_images is None else lowres_images[idx]
-            with torch.autocast(cascade.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                loss = cascade.training_loss(stage, images[idx], text_embeds[idx], text_mask[idx], generator=gen,
-                                             lowres_images=low, unet=unet)
-            if not torch.isfinite(loss):
-                self.optimizers[stage].zero_grad(set_to_none=True)  # drop earlier micro-batches' gradients too
-                raise NonFiniteLossError(
-                    f"stage {stage}, step {self.steps[stage]}: the loss is {loss.item()}. The weights were not "
-                    "updated. Try a lower learning_rate (or more warmup_steps), grad_clip_norm=1.0, or "
-                    "mixed_precision='no'; resume from the last good checkpoint.")
-            scaled = loss * (len(idx) / batch)  # mean over the full batch, whatever the micro-batch sizes
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            sync_now = micro == len(chunks) - 1  # DDP all-reduces gradients only in the last micro-batch's backward
+            no_sync = model.no_sync() if hasattr(model, "no_sync") and not sync_now else contextlib.nullcontext()
+            with no_sync:
+                with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                    loss = cascade.training_loss(stage, images[idx], text_embeds[idx], text_mask[idx],
+                                                 lowres_images=low, unet=model, noise=noise.select(idx))
+                self._stop_if_not_finite(stage, loss)
+                scaled = loss * (len(idx) / batch)  # mean over the full batch, whatever the micro-batch sizes
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += scaled.item()
         opt = self.optimizers[stage]
         if self.scaler:
             self.scaler.unscale_(opt)
         if cfg.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+            torch.nn.utils.clip_grad_norm_(cascade.unets[stage].parameters(), cfg.grad_clip_norm)
         if self.scaler:
             self.scaler.step(opt)
             self.scaler.update()
@@ -166,7 +214,18 @@ class Trainer:
         self.schedulers[stage].step()
         self._update_ema(stage)
         self.steps[stage] += 1
-        return total
+        return distributed.mean_over_ranks(total, device)
+
+    def _stop_if_not_finite(self, stage: int, loss: torch.Tensor) -> None:
+        """Raise NonFiniteLossError (on every rank at once, so none waits forever in an all-reduce)."""
+        if distributed.true_on_every_rank(bool(torch.isfinite(loss)), self.cascade.device):
+            return
+        self.optimizers[stage].zero_grad(set_to_none=True)  # drop earlier micro-batches' gradients too
+        where = "" if self.world_size == 1 else f" (on rank {self.rank}: {loss.item()}; the job stops on every rank)"
+        raise NonFiniteLossError(
+            f"stage {stage}, step {self.steps[stage]}: the loss is {loss.item()}{where}. The weights were not "
+            "updated. Try a lower learning_rate (or more warmup_steps), grad_clip_norm=1.0, or "
+            "mixed_precision='no'; resume from the last good checkpoint.")
 
     @torch.no_grad()
     def _update_ema(self, stage: int) -> None:
@@ -180,11 +239,17 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, root: str | Path, keep: int = 2) -> Path:
-        """Write root/step-XXXXXXXX (cascade + optimizer state) atomically; keep the newest `keep`."""
+        """Write root/step-XXXXXXXX (cascade + optimizer state) atomically; keep the newest `keep`.
+
+        Under torchrun only rank 0 writes (all ranks hold the same weights); the others wait for it.
+        """
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (how many step-* directories to keep), got {keep}")
         root = Path(root)
         name = f"step-{sum(self.steps):08d}"
+        if self.rank != 0:
+            distributed.barrier()  # rank 0 is writing
+            return root / name
 
         def write(tmp: Path) -> None:
             save_cascade(self.cascade, tmp / "cascade")
@@ -196,6 +261,7 @@ class Trainer:
         for old in _step_dirs(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         _remove_dead_writers_temp_dirs(root)
+        distributed.barrier()  # the others may read it now
         return path
 
     def load_checkpoint(self, path: str | Path | None) -> None:
