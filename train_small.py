@@ -60,6 +60,13 @@ parser.add_argument("--learning-rate", type=float, default=None, help="AdamW pea
                     "preset's); a lower one can rescue a run that stopped on a NaN loss (with --resume)")
 parser.add_argument("--checkpoint-every", type=int, default=None, help="save a resumable checkpoint every N steps "
                     "(default: the preset's; 0 = only at the end and on Ctrl-C)")
+parser.add_argument("--grad-accum-steps", type=int, default=None, help="split each rank's batch into this many "
+                    "micro-batches (less GPU memory, same step; default: the preset's)")
+parser.add_argument("--image-store", default=None, help="folder for file-backed pre-rendered images (default: "
+                    "OUT/images when the images exceed 4 GiB or under torchrun, else in RAM); on several machines "
+                    "give a node-local disk")
+parser.add_argument("--prepare-only", action="store_true", help="render the images and encode every caption into "
+                    "the cache, then exit (do this once before a torchrun job on a large caption set)")
 parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
 parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 args = parser.parse_args()
@@ -94,16 +101,24 @@ print(f"minimagen train_small: preset {args.preset!r}, device {device}, stages {
 # ----------------------------------------------------------------------------- data
 # Images pre-rendered at every stage's size; captions encoded ONCE through the on-disk embedding cache, so
 # the text encoder never runs inside the training loop and is freed before training.
+from minimagen.data.prepare import image_bytes  # noqa: E402
 t0 = time.time()
-if not dist.is_main:
-    distributed.barrier()  # rank 0 encodes the captions into the shared cache first; the others then read it
+store = args.image_store
+if store is None and args.data is None and (dist.world_size > 1 or image_bytes(preset) > 4 * 2 ** 30):
+    store = out / "images"
+if dist.local_rank != 0:
+    distributed.barrier()  # each machine's first rank renders and encodes into the shared folders first ...
 data = prepare_training_data(preset, data_dir=args.data, seed=args.seed, cache_dir=args.cache_dir,
-                             progress=not args.no_progress, encoder_device=device)
-if dist.is_main:
-    distributed.barrier()
+                             progress=not args.no_progress, encoder_device=device, image_store=store)
+if dist.local_rank == 0:
+    distributed.barrier()  # ... then the others map / read what it wrote
 timings["data_s"] = time.time() - t0
 print(f"data: {len(data)} items, {data.num_captions} distinct captions, text {data.embed_dim}-d "
-      f"({timings['data_s']:.0f} s)")
+      f"({timings['data_s']:.0f} s)" + (f"; images in {store}" if store else ""))
+if args.prepare_only:
+    print(f"--prepare-only: captions cached in {args.cache_dir}; start training with the same arguments")
+    distributed.cleanup()
+    sys.exit(0)
 
 # ----------------------------------------------------------------------------- model
 cascade = Cascade(build_cascade_config(preset, text_embed_dim=data.embed_dim)).to(device)
@@ -118,7 +133,8 @@ except ValueError as err:  # e.g. a global batch not divisible by the number of 
     sys.exit(f"--batch-size: {err}")
 trainer = Trainer(cascade, TrainConfig(learning_rate=preset.learning_rate, warmup_steps=preset.warmup_steps,
                                        ema_decay=preset.ema_decay, seed=args.seed,
-                                       mixed_precision=args.mixed_precision, torch_compile=args.compile))
+                                       mixed_precision=args.mixed_precision, torch_compile=args.compile,
+                                       grad_accum_steps=args.grad_accum_steps or preset.grad_accum_steps))
 ckpt_root = out / "checkpoints"
 if args.resume:
     last = latest_checkpoint(ckpt_root)

@@ -216,3 +216,50 @@ def test_offloaded_sampling_gives_the_same_images_and_leaves_unets_on_the_cpu():
     offloaded = cascade(generator=torch.Generator().manual_seed(1), offload=True, device="cpu", **kwargs).images
     assert torch.equal(plain, offloaded)
     assert all(p.device.type == "cpu" for p in cascade.parameters())
+
+
+# ----------------------------------------------------------------------------- memory estimate, image store
+def test_memory_estimate_counts_what_training_really_holds():
+    from minimagen.memory import activation_bytes, stage_memory
+    config = tiny_config()
+    # the meta-device count equals the same count on real CPU tensors (up to the attention kernel's small
+    # bookkeeping tensors, which differ between the meta and the CPU kernels), and grows linearly with the batch
+    unet = config.stages[1].unet
+    assert activation_bytes(unet, 2, 5) == pytest.approx(activation_bytes(unet, 2, 5, device="cpu"), rel=0.01)
+    per_image = activation_bytes(unet, 2, 5) - activation_bytes(unet, 1, 5)
+    assert activation_bytes(unet, 4, 5) == activation_bytes(unet, 1, 5) + 3 * per_image
+    # static part: weights + grads + both AdamW moments + EMA of the trained stage, weights + EMA of the others
+    cascade = Cascade(config)
+    trainer = Trainer(cascade)
+    images, embeds, mask = tiny_data()
+    trainer.train_step(1, images[1], embeds, mask)
+    nbytes = lambda tensors: sum(t.numel() * t.element_size() for t in tensors)  # noqa: E731
+    adam = [v for state in trainer.optimizers[1].state.values() for v in state.values() if v.dim() > 0]
+    held = nbytes(cascade.unets.parameters()) + nbytes(cascade.ema_unets.parameters()) + nbytes(adam) \
+        + nbytes(cascade.unets[1].parameters())  # + the gradients, alive between backward and zero_grad
+    estimate = stage_memory(config, 1, micro_batch=0)["static_bytes"]
+    assert estimate == pytest.approx(held, rel=0.01)
+
+
+def test_file_backed_images_are_rendered_once_and_mapped_after(tmp_path):
+    from minimagen.data.prepare import prepare_training_data
+    from minimagen.run_presets import RUN_PRESETS
+    import dataclasses
+    preset = dataclasses.replace(RUN_PRESETS["ci"], num_items=12, text_encoder="tiny-t5", max_length=64)
+    in_ram = prepare_training_data(preset, cache_dir=tmp_path / "cache", progress=False)
+    first = prepare_training_data(preset, cache_dir=tmp_path / "cache", progress=False, image_store=tmp_path / "img")
+    assert (tmp_path / "img" / "images.json").is_file()
+    for k in range(len(preset.sizes)):
+        assert torch.equal(first.images[k], in_ram.images[k])
+        (tmp_path / "img" / f"images_{preset.sizes[k]}px.u8").touch()
+    calls = []
+    import minimagen.data.shapes as shapes
+    real = shapes.ShapesDataset.__getitem__
+    shapes.ShapesDataset.__getitem__ = lambda self, i: calls.append(i) or real(self, i)
+    try:
+        again = prepare_training_data(preset, cache_dir=tmp_path / "cache", progress=False, image_store=tmp_path / "img")
+    finally:
+        shapes.ShapesDataset.__getitem__ = real
+    assert calls == []  # nothing rendered: the files were mapped
+    assert all(torch.equal(a, b) for a, b in zip(again.images, in_ram.images))
+    assert torch.equal(again.caption_index, in_ram.caption_index)

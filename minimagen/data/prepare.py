@@ -5,12 +5,16 @@ Two costs must stay out of the training loop (they dominated training time in ot
     encoder is dropped; a step indexes a dense table of embeddings;
   * image decoding/rendering and resizing: every item is rendered (shapes) or decoded and resized (folders)
     once, at every stage's size, and stored as uint8 tensors ([N, 3, s, s]: 8,000 items at 16+32+128 px
-    take 0.4 GB).
+    take 0.4 GB). With `image_store` they live in files mapped into memory instead (`torch.from_file`):
+    10,000 items at 1024 px are 31 GB, more than RAM should hold, and under torchrun every rank maps the
+    same files (one copy in the OS page cache) instead of rendering its own.
 
 Contents: `TrainingData`, `prepare_training_data`.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +61,26 @@ def _to_uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def image_bytes(preset, num_items: int | None = None) -> int:
+    """Bytes of the pre-rendered uint8 images of a preset (num_items: the dataset's size if not the preset's)."""
+    return (num_items or preset.num_items) * sum(3 * s * s for s in preset.sizes)
+
+
+def _image_store(store: Path, n: int, sizes: tuple[int, ...], key: dict) -> tuple[list[torch.Tensor], list | None]:
+    """File-backed [n, 3, s, s] uint8 tensors in `store`, and the captions if a complete render is there."""
+    store.mkdir(parents=True, exist_ok=True)
+    index = store / "images.json"
+    done = json.loads(index.read_text()) if index.is_file() else {}
+    ready = done.get("key") == key
+    tensors = [torch.from_file(str(store / f"images_{s}px.u8"), shared=not ready, size=n * 3 * s * s,
+                               dtype=torch.uint8).view(n, 3, s, s) for s in sizes]  # [n, 3, s, s] over the file
+    return tensors, (done["captions"] if ready else None)
+
+
 def prepare_training_data(preset, data_dir: str | Path | None = None, seed: int = 0,
                           cache_dir: str | Path = "runs/embedding_cache", encoder=None,
-                          progress: bool = True, encoder_device=None) -> TrainingData:
+                          progress: bool = True, encoder_device=None,
+                          image_store: str | Path | None = None) -> TrainingData:
     """Render/decode every item at every stage size and encode every distinct caption once.
 
     preset: a RunPreset (sizes, num_items, max_objects, text_encoder, max_length). data_dir: a folder of
@@ -67,6 +88,7 @@ def prepare_training_data(preset, data_dir: str | Path | None = None, seed: int 
     loaded TextEncoder (else the preset's is loaded, only if some caption is not cached yet).
     encoder_device: where a loaded encoder runs (e.g. "cuda": T5-XXL encodes ~100x faster than on a CPU); it
     is dropped (and the GPU memory freed) as soon as the captions are cached.
+    image_store: a folder for file-backed images (reused when it already holds this data's render).
     """
     sizes = tuple(preset.sizes)
     if data_dir is not None:
@@ -77,13 +99,24 @@ def prepare_training_data(preset, data_dir: str | Path | None = None, seed: int 
         dataset = ShapesDataset(size=preset.num_items, image_sizes=sizes, seed=seed, split="train",
                                 max_objects=preset.max_objects)
     n = len(dataset)
-    images = [torch.empty((n, 3, s, s), dtype=torch.uint8) for s in sizes]
-    captions = []
-    for i in tqdm(range(n), desc="preparing images", disable=not progress, mininterval=2):
-        item = dataset[i]
-        for k, s in enumerate(sizes):
-            images[k][i] = _to_uint8(item["images"][s])
-        captions.append(item["caption"])
+    captions = None
+    if image_store is None:
+        images = [torch.empty((n, 3, s, s), dtype=torch.uint8) for s in sizes]
+    else:
+        key = {"data": str(Path(data_dir).resolve()) if data_dir else "shapes", "n": n, "sizes": list(sizes),
+               "seed": seed, "max_objects": preset.max_objects}
+        images, captions = _image_store(Path(image_store), n, sizes, key)
+    if captions is None:  # render (or decode) now
+        captions = []
+        for i in tqdm(range(n), desc="preparing images", disable=not progress, mininterval=2):
+            item = dataset[i]
+            for k, s in enumerate(sizes):
+                images[k][i] = _to_uint8(item["images"][s])
+            captions.append(item["caption"])
+        if image_store is not None:  # mark the render complete (atomic: a killed render is redone)
+            tmp = Path(image_store) / f".images.json.tmp-{os.getpid()}"
+            tmp.write_text(json.dumps({"key": key, "captions": captions}))
+            os.replace(tmp, Path(image_store) / "images.json")
 
     cache = EmbeddingCache(cache_dir, encoder.name if encoder else preset.text_encoder, preset.max_length)
     if cache.missing(captions):
