@@ -26,8 +26,9 @@ Encoder names accepted by `load_text_encoder`:
     a directory          any T5 (or BERT) checkpoint written with `save_pretrained`
 
 Map: `text_embed_dim` (D without downloading) -> `TextEncoder` (frozen module, `.encode`) ->
-`load_text_encoder` -> `save_tiny_t5` / `build_tiny_t5`. Nothing here touches the network or even
-imports `transformers` at import time: they are imported inside the functions that need them.
+`masked_mean` (one vector per caption) -> `load_text_encoder` -> `save_tiny_t5` / `build_tiny_t5`.
+Nothing here touches the network or even imports `transformers` at import time: they are imported
+inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -207,6 +208,20 @@ class TextEncoder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, embed_dim={self.embed_dim}, max_length={self.max_length}"
+
+
+def masked_mean(text_embeds: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the real tokens of each caption: [B, L, D], [B, L] bool -> [B, D]. Padding never counts.
+
+    mean_b = sum_l mask[b, l] h[b, l] / max(1, sum_l mask[b, l]). A caption with no real token (an all-False
+    row) pools to the zero vector, like the padded rows themselves, instead of 0 / 0 = NaN.
+    """
+    if text_embeds.ndim != 3 or tuple(text_mask.shape) != tuple(text_embeds.shape[:2]):
+        raise ValueError(f"text_embeds must be [B, L, D] and text_mask [B, L], got {tuple(text_embeds.shape)} "
+                         f"and {tuple(text_mask.shape)}")
+    weights = text_mask.to(text_embeds.dtype)[..., None]  # [B, L, 1]: 1 on real tokens, 0 on padding
+    count = weights.sum(dim=1).clamp(min=1)  # [B, 1] real tokens per caption, at least 1 (empty -> zeros)
+    return (text_embeds * weights).sum(dim=1) / count  # [B, D] sum of real tokens / their number
 
 
 def _check_max_length(max_length, config) -> int:
