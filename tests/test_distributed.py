@@ -110,6 +110,7 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
     return {f"{f.name}:{k}": v for f in sorted(directory.glob("stage*.safetensors")) for k, v in load_file(f).items()}
 
 
+@pytest.mark.slow  # two train_small runs (~1 min together)
 def test_two_gloo_processes_train_what_one_process_trains(runs):
     root, two = runs
     assert "2 processes (global batch 16)" in two.stdout
@@ -130,6 +131,7 @@ def test_two_gloo_processes_train_what_one_process_trains(runs):
     assert moved > 0.5 * budget  # training really changed the weights, by far more than the tolerance
 
 
+@pytest.mark.slow  # two train_small runs (~1 min together)
 def test_only_rank_zero_writes_files(runs):
     root, _ = runs
     listing = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.parts[len(d.parts)] != "images")  # noqa: E731
@@ -139,6 +141,7 @@ def test_only_rank_zero_writes_files(runs):
     assert not list((root / "two").rglob("*.tmp-*"))
 
 
+@pytest.mark.slow  # two train_small runs (~1 min together)
 def test_a_two_process_checkpoint_resumes_in_one_process(runs):
     root, _ = runs
     proc = _train_small(root / "two", "--resume", "--steps", "6")
