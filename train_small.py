@@ -151,10 +151,15 @@ interrupted = False
 
 def _on_sigint(signum, frame):  # Ctrl-C: finish the current step, save, exit cleanly
     global interrupted
+    if interrupted:  # under torchrun: the terminal's Ctrl-C and torchrun's forwarded one; stay on course
+        return
     interrupted = True
-    print("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again aborts without saving)",
-          file=sys.stderr, flush=True)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C raises KeyboardInterrupt
+    if not dist.is_main:
+        return
+    again = "torchrun stops the job if it takes too long" if dist.world_size > 1 else "Ctrl-C again aborts without saving"
+    print(f"\nCtrl-C: finishing this step, then saving a checkpoint ({again})", file=sys.stderr, flush=True)
+    if dist.world_size == 1:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C raises KeyboardInterrupt
 
 
 def save_losses() -> None:  # atomic, like the checkpoints: a kill mid-write must not leave half a JSON file
@@ -214,7 +219,8 @@ for stage in range(len(preset.sizes)):
         save_losses()
         path = trainer.save_checkpoint(ckpt_root)
         same_args = shlex.join(a for a in sys.argv[1:] if a != "--resume")  # same settings, else resume refuses
-        print(f"\ninterrupted: saved {path}; continue with: python train_small.py {same_args} --resume")
+        launcher = "torchrun ... train_small.py" if dist.world_size > 1 else "python train_small.py"
+        print(f"\ninterrupted: saved {path}; continue with: {launcher} {same_args} --resume")
         sys.exit(130)
 
 save_losses()

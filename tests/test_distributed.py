@@ -268,3 +268,32 @@ def test_file_backed_images_are_rendered_once_and_mapped_after(tmp_path):
     assert calls == []  # nothing rendered: the files were mapped
     assert all(torch.equal(a, b) for a, b in zip(again.images, in_ram.images))
     assert torch.equal(again.caption_index, in_ram.caption_index)
+
+
+@pytest.mark.slow  # a torchrun job interrupted mid-training (~30 s)
+def test_ctrl_c_under_torchrun_saves_one_checkpoint_at_the_same_step_on_every_rank(tmp_path):
+    import os
+    import signal
+    import time
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train_small.py"), "--preset", "ci", "--steps", "100000", "--no-progress", "--threads", "1",
+           "--out", str(out)]
+    # a new session: the terminal's Ctrl-C reaches torchrun and both workers, as here
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = []
+    for line in proc.stdout:  # wait until training has started
+        lines.append(line)
+        if line.startswith("stage 2:"):
+            break
+    time.sleep(4)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    log = "".join(lines) + rest
+    assert "interrupted: saved" in log and "torchrun ... train_small.py" in log, log[-3000:]
+    steps = json.loads((out / "losses.json").read_text())["0"]
+    checkpoint = sorted((out / "checkpoints").glob("step-*"))
+    assert [c.name for c in checkpoint] == [f"step-{len(steps):08d}"]  # losses and weights of the same step
+    state = json.loads((checkpoint[0] / "trainer_state.json").read_text())
+    assert state["steps"][0] == len(steps) > 0
