@@ -58,3 +58,11 @@ def test_unknown_preset_is_refused_with_the_choices():
     proc = run_train_small("--preset", "huge")
     assert proc.returncode != 0
     assert "invalid choice: 'huge'" in proc.stderr and "default" in proc.stderr
+
+
+def test_run_presets_sample_with_dynamic_thresholding_only_where_guidance_is_on():
+    from minimagen.run_presets import RUN_PRESETS
+    kwargs = RUN_PRESETS["default"].sampling_kwargs()
+    assert kwargs["thresholding"] == ["dynamic", "static", "static"]
+    assert [w > 1 for w in kwargs["guidance_scale"]] == [t == "dynamic" for t in kwargs["thresholding"]]
+    assert RUN_PRESETS["default"].sampling_kwargs(num_stages=3, start_stage=1)["thresholding"] == ["static", "static"]
