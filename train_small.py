@@ -32,7 +32,8 @@ from minimagen.cascade import Cascade
 from minimagen.checkpoint import CheckpointError
 from minimagen.data.prepare import prepare_training_data
 from minimagen.report import sample_captions, save_sample_grid, score_samples
-from minimagen.training import MIXED_PRECISION, NonFiniteLossError, TrainConfig, Trainer, latest_checkpoint
+from minimagen.training import (MIXED_PRECISION, NonFiniteLossError, TrainConfig, Trainer, autocast_dtype,
+                                latest_checkpoint)
 
 # ----------------------------------------------------------------------------- config
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,6 +86,16 @@ device = dist.device
 if not dist.is_main:  # rank 0 prints, shows progress and writes every file
     sys.stdout = open(os.devnull, "w")
     args.no_progress = True
+try:  # settings that cannot work here fail now, not after the data is prepared
+    autocast_dtype(args.mixed_precision, device)
+except ValueError as err:
+    sys.exit(f"--mixed-precision: {err}")
+if preset.batch_size % dist.world_size:
+    sys.exit(f"--batch-size {preset.batch_size} is the global batch: it must be divisible by the {dist.world_size} "
+             f"processes (e.g. {preset.batch_size // dist.world_size * dist.world_size or dist.world_size})")
+if args.preset == "gpu" and device.type != "cuda":
+    sys.exit("--preset gpu needs a CUDA GPU (~20 GB, see `python -m minimagen.memory`); on a CPU use the default "
+             "preset (about 20 minutes) or --preset ci")
 if device.type == "cuda" and not args.no_tf32:
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (~10 bits of mantissa)
     torch.backends.cudnn.allow_tf32 = True

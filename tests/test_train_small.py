@@ -66,3 +66,13 @@ def test_run_presets_sample_with_dynamic_thresholding_only_where_guidance_is_on(
     assert kwargs["thresholding"] == ["dynamic", "static", "static"]
     assert [w > 1 for w in kwargs["guidance_scale"]] == [t == "dynamic" for t in kwargs["thresholding"]]
     assert RUN_PRESETS["default"].sampling_kwargs(num_stages=3, start_stage=1)["thresholding"] == ["static", "static"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--preset", "ci", "--mixed-precision", "bf16"), "--mixed-precision: mixed_precision='bf16' is for CUDA GPUs"),
+    (("--preset", "gpu"), "--preset gpu needs a CUDA GPU"),
+])
+def test_settings_that_cannot_work_on_this_machine_are_refused_before_any_work(args, fragment, tmp_path):
+    proc = run_train_small(*args, "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert proc.returncode != 0 and fragment in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "images").exists()
