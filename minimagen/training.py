@@ -184,7 +184,7 @@ class Trainer:
         cascade.unets[stage].train()
         batch, device = images.shape[0], cascade.device
         # all draws of this step, for the global batch; this rank keeps rows rank, rank + N, ...
-        gen = step_generator(cfg.seed, stage, self.steps[stage], device=device.type)
+        gen = step_generator(cfg.seed, stage, self.steps[stage], device=device)
         noise = cascade.draw_training_noise(stage, batch * self.world_size, gen, device)
         noise = noise.select(slice(self.rank, None, self.world_size))
         chunks = torch.arange(batch).tensor_split(min(cfg.grad_accum_steps, batch))
