@@ -30,7 +30,7 @@ from minimagen import distributed
 from minimagen.run_presets import RUN_PRESETS, build_cascade_config, prompt_sets
 from minimagen.cascade import Cascade
 from minimagen.checkpoint import CheckpointError
-from minimagen.data.prepare import prepare_training_data
+from minimagen.data.prepare import image_bytes, prepare_training_data
 from minimagen.report import sample_captions, save_sample_grid, score_samples
 from minimagen.training import (MIXED_PRECISION, NonFiniteLossError, TrainConfig, Trainer, autocast_dtype,
                                 latest_checkpoint)
@@ -112,7 +112,6 @@ print(f"minimagen train_small: preset {args.preset!r}, device {device}, stages {
 # ----------------------------------------------------------------------------- data
 # Images pre-rendered at every stage's size; captions encoded ONCE through the on-disk embedding cache, so
 # the text encoder never runs inside the training loop and is freed before training.
-from minimagen.data.prepare import image_bytes  # noqa: E402
 t0 = time.time()
 store = args.image_store
 if store is None and args.data is None and (dist.world_size > 1 or image_bytes(preset) > 4 * 2 ** 30):

@@ -15,8 +15,11 @@ weights themselves move by far more than that (so the comparison is not vacuous)
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,7 +96,7 @@ def _train_small(out: Path, *extra: str, nproc: int = 1) -> subprocess.Completed
         if nproc > 1 else [sys.executable]
     proc = subprocess.run([*launcher, str(ROOT / "train_small.py"), *ARGS, "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -272,9 +275,6 @@ def test_file_backed_images_are_rendered_once_and_mapped_after(tmp_path):
 
 @pytest.mark.slow  # a torchrun job interrupted mid-training (~30 s)
 def test_ctrl_c_under_torchrun_saves_one_checkpoint_at_the_same_step_on_every_rank(tmp_path):
-    import os
-    import signal
-    import time
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "train_small.py"), "--preset", "ci", "--steps", "100000", "--no-progress", "--threads", "1",
