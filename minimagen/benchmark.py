@@ -17,7 +17,9 @@ Prints one JSON line per scenario with
     load_avg_1min_before_after   the OS load average: above --threads means other jobs shared the cores
 The machine may be shared: pairing every step with its own probe keeps the ratio meaningful under load;
 still repeat runs (`--repeat`) before believing a number. `--profile ROWS` prints a torch.profiler table of
-one training step (where the time goes).
+one training step (where the time goes) and, on CPU, adds a `profile` field: that step's milliseconds in dense
+ops (convolutions, matmuls, attention: the counted FLOPs), the optimizer and everything else, and the
+efficiency it would reach if everything else took no time (an upper bound for these dense kernels).
 
 Scenario `base32` is the reference: base U-Net at 32x32, width 64, multipliers (1, 2, 4), 2 ResBlocks per
 level, self-attention (keys/values also see the text) at 16 and 8, 4 heads of 64, text 32 tokens x 512 with
@@ -211,10 +213,38 @@ def run_scenario(name: str, args) -> dict:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        peak = probe()
         with profile(activities=activities) as prof:
             train_step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
+        if device.type == "cpu":  # on a GPU the CPU times measure the launches, not the kernels
+            result["profile"] = time_by_kind(prof.key_averages(), count_flops(lambda: train_step(model)), peak)
     return result
+
+
+# Ops that do the counted FLOPs (their self time includes oneDNN's own reorders); everything else is FLOP-free.
+DENSE_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::mm", "aten::addmm", "aten::bmm",
+             "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+             "aten::_scaled_dot_product_flash_attention_for_cpu_backward"}
+OPTIMIZER_OPS = {"aten::_fused_adamw_", "aten::_foreach_mul_", "aten::_foreach_add_", "aten::_foreach_addcmul_",
+                 "aten::_foreach_addcdiv_", "aten::_foreach_lerp_", "aten::_foreach_sqrt", "aten::_foreach_div_"}
+
+
+def time_by_kind(averages, flop: int, matmul_gflops: float) -> dict:
+    """Split one profiled CPU training step into dense (FLOP-counted) ops, the optimizer and the rest, and
+    give the efficiency the step would reach if the rest (norms, activations, copies, framework) cost
+    nothing: an upper bound for any implementation that keeps the same dense ops."""
+    ms = {"dense": 0.0, "optimizer": 0.0, "other": 0.0}
+    for event in averages:
+        kind = "dense" if event.key in DENSE_OPS else "optimizer" if event.key in OPTIMIZER_OPS else "other"
+        ms[kind] += event.self_cpu_time_total / 1e3  # microseconds -> ms
+    total = sum(ms.values())
+    return {"step_ms": round(total, 1),
+            **{f"{kind}_ms": round(v, 1) for kind, v in ms.items()},
+            "dense_gflops": round(flop / ms["dense"] / 1e6, 1),  # GFLOP/s = FLOP / (ms * 1e6)
+            "matmul_gflops": round(matmul_gflops, 1),
+            "efficiency": round(flop / total / 1e6 / matmul_gflops, 3),
+            "efficiency_if_other_ops_were_free": round(flop / (ms["dense"] + ms["optimizer"]) / 1e6 / matmul_gflops, 3)}
 
 
 def main(argv: list[str] | None = None) -> None:
