@@ -200,7 +200,8 @@ def run_scenario(name: str, args) -> dict:
     sample_s, sample_peaks = timed_steps(sample_step, args.steps, args.warmup, device, probe)
     result = dict(scenario=name, preset=sc.preset, device=str(device), dtype=dtype_name,
                   compiled=args.compile, threads=torch.get_num_threads(), channels_last=args.channels_last, batch=sc.batch, params=count_parameters(model))
-    result.update(summarise("train", count_flops(lambda: train_step(model)), train_s, train_peaks))
+    train_flop = count_flops(lambda: train_step(model))
+    result.update(summarise("train", train_flop, train_s, train_peaks))
     result.update(summarise("sample", count_flops(lambda: sample_step(model)), sample_s, sample_peaks))
     result["matmul_gflops"] = round(statistics.median(train_peaks + sample_peaks), 1)
     result["matmul_gflops_min_max"] = [round(min(train_peaks + sample_peaks), 1),
@@ -218,7 +219,7 @@ def run_scenario(name: str, args) -> dict:
             train_step()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
         if device.type == "cpu":  # on a GPU the CPU times measure the launches, not the kernels
-            result["profile"] = time_by_kind(prof.key_averages(), count_flops(lambda: train_step(model)), peak)
+            result["profile"] = time_by_kind(prof.key_averages(), train_flop, peak)
     return result
 
 
