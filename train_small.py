@@ -27,17 +27,17 @@ from pathlib import Path
 import torch
 
 from minimagen import distributed
-from minimagen.run_presets import RUN_PRESETS, build_cascade_config, prompt_sets
+from minimagen.tools.run_presets import RUN_PRESETS, build_cascade_config, prompt_sets
 from minimagen.cascade import Cascade
 from minimagen.checkpoint import CheckpointError
 from minimagen.data.prepare import image_bytes, prepare_training_data
-from minimagen.report import sample_captions, save_sample_grid, score_samples
+from minimagen.tools.report import sample_captions, save_sample_grid, score_samples
 from minimagen.training import (MIXED_PRECISION, NonFiniteLossError, TrainConfig, Trainer, autocast_dtype,
                                 latest_checkpoint)
 
 # ----------------------------------------------------------------------------- config
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--preset", default="default", choices=sorted(RUN_PRESETS), help="run size (see minimagen/run_presets.py)")
+parser.add_argument("--preset", default="default", choices=sorted(RUN_PRESETS), help="run size (see minimagen/tools/run_presets.py)")
 parser.add_argument("--stages", type=int, default=None, help="train/sample only the first N stages")
 parser.add_argument("--steps", type=int, nargs="+", default=None, help="optimizer steps per stage (one value or one per stage)")
 parser.add_argument("--batch-size", type=int, default=None, help="images per optimizer step")
@@ -94,7 +94,7 @@ if preset.batch_size % dist.world_size:
     sys.exit(f"--batch-size {preset.batch_size} is the global batch: it must be divisible by the {dist.world_size} "
              f"processes (e.g. {preset.batch_size // dist.world_size * dist.world_size or dist.world_size})")
 if args.preset == "gpu" and device.type != "cuda":
-    sys.exit("--preset gpu needs a CUDA GPU (~20 GB, see `python -m minimagen.memory`); on a CPU use the default "
+    sys.exit("--preset gpu needs a CUDA GPU (~20 GB, see `python -m minimagen.tools.memory`); on a CPU use the default "
              "preset (about 20 minutes) or --preset ci")
 if device.type == "cuda" and not args.no_tf32:
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (~10 bits of mantissa)

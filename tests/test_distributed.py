@@ -228,7 +228,7 @@ def test_offloaded_sampling_gives_the_same_images_and_leaves_unets_on_the_cpu():
 
 # ----------------------------------------------------------------------------- memory estimate, image store
 def test_memory_estimate_counts_what_training_really_holds():
-    from minimagen.memory import activation_bytes, stage_memory
+    from minimagen.tools.memory import activation_bytes, stage_memory
     config = tiny_config()
     # the meta-device count equals the same count on real CPU tensors (up to the attention kernel's small
     # bookkeeping tensors, which differ between the meta and the CPU kernels), and grows linearly with the batch
@@ -251,7 +251,7 @@ def test_memory_estimate_counts_what_training_really_holds():
 
 def test_file_backed_images_are_rendered_once_and_mapped_after(tmp_path):
     from minimagen.data.prepare import prepare_training_data
-    from minimagen.run_presets import RUN_PRESETS
+    from minimagen.tools.run_presets import RUN_PRESETS
     import dataclasses
     preset = dataclasses.replace(RUN_PRESETS["ci"], num_items=12, text_encoder="tiny-t5", max_length=64)
     in_ram = prepare_training_data(preset, cache_dir=tmp_path / "cache", progress=False)

@@ -8,7 +8,7 @@ import torch
 
 from minimagen.data.shapes import (COLORS, POSITIONS, RELATION_LAYOUT, SIZE_FRACTION, SceneSpec,
                                    ShapeSpec, random_scene, render_scene)
-from minimagen.scoring import connected_components, detect_objects, match_scene, score_alignment
+from minimagen.data.shapes_scoring import connected_components, detect_objects, match_scene, score_alignment
 
 RESOLUTIONS = (16, 24, 32, 48, 64, 128)
 N_IMAGES = 200

@@ -11,8 +11,8 @@ import torch
 
 from minimagen import Cascade
 from minimagen.data.shapes import fixed_prompts
-from minimagen.report import score_samples
-from minimagen.run_presets import RUN_PRESETS
+from minimagen.tools.report import score_samples
+from minimagen.tools.run_presets import RUN_PRESETS
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
 

@@ -61,7 +61,7 @@ def test_unknown_preset_is_refused_with_the_choices():
 
 
 def test_run_presets_sample_with_dynamic_thresholding_only_where_guidance_is_on():
-    from minimagen.run_presets import RUN_PRESETS
+    from minimagen.tools.run_presets import RUN_PRESETS
     kwargs = RUN_PRESETS["default"].sampling_kwargs()
     assert kwargs["thresholding"] == ["dynamic", "static", "static"]
     assert [w > 1 for w in kwargs["guidance_scale"]] == [t == "dynamic" for t in kwargs["thresholding"]]

@@ -3,7 +3,7 @@
 Imagen is trained on hundreds of millions of captioned photos. To see the same ideas work on a laptop we
 need captions whose meaning is checkable: "a small red circle in the top left" either is or is not what
 the picture shows. Every item here is drawn from a `SceneSpec` (what is where), so the caption, the
-picture and the ground truth used by `minimagen.scoring` can never disagree.
+picture and the ground truth used by `minimagen.data.shapes_scoring` can never disagree.
 
 A scene holds one or two objects on a plain background. Each object has
   shape     circle, square, triangle (pointing up), heart. A diamond or a plus sign would be the

@@ -183,7 +183,7 @@ UNET_PRESETS: dict[str, UNetConfig] = {
     "sr-last-tiny": UNetConfig(image_size=32, base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=(1, 1, 2),
                                attn_resolutions=(), cross_attn_resolutions=(4,), num_heads=2, head_dim=32,
                                text_embed_dim=384, lowres_cond=True, efficient=True),
-    # ---- the speed benchmark's reference scenario (python -m minimagen.benchmark) ----
+    # ---- the speed benchmark's reference scenario (python -m minimagen.tools.benchmark) ----
     "base32": UNetConfig(image_size=32, base_channels=64, channel_mults=(1, 2, 4), num_res_blocks=2,
                          attn_resolutions=(16, 8), cross_attn_resolutions=(16, 8), num_heads=4, head_dim=64,
                          text_embed_dim=512),

@@ -27,7 +27,7 @@ Rows with `drop_text` see only a learned null token: classifier-free guidance's 
 
 Contents: `Block` (the unit both layouts are made of), `UNet`, `build_unet`, `count_parameters`.
 Memory format: the U-Net works in NCHW or channels_last (`model.to(memory_format=torch.channels_last)`);
-on the 2-core CPU both measured the same within noise (`python -m minimagen.benchmark --no-channels-last`).
+on the 2-core CPU both measured the same within noise (`python -m minimagen.tools.benchmark --no-channels-last`).
 """
 from __future__ import annotations
 

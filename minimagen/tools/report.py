@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .scoring import score_alignment
+from ..data.shapes_scoring import score_alignment
 
 
 @torch.no_grad()

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .cascade import CascadeConfig, StageConfig
-from .networks.configs import unet_config
-from .text_encoder import DEFAULT_TEXT_ENCODER
+from ..cascade import CascadeConfig, StageConfig
+from ..networks.configs import unet_config
+from ..text_encoder import DEFAULT_TEXT_ENCODER
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def build_cascade_config(preset: RunPreset, text_embed_dim: int) -> CascadeConfi
 
 def prompt_sets(preset: RunPreset) -> dict[str, list]:
     """Evaluation prompts: (caption, SceneSpec) lists — held-out single objects, seen single objects, pairs."""
-    from .data.shapes import fixed_prompts
+    from ..data.shapes import fixed_prompts
     n = preset.num_eval_prompts
     sets = {"single_heldout": fixed_prompts("single_heldout", n=n, seed=0),
             "single_train": fixed_prompts("single", n=n, seed=1)}

@@ -1,4 +1,4 @@
-"""Speed benchmark for the U-Nets: `python -m minimagen.benchmark [--scenario base32] [--steps 10]`.
+"""Speed benchmark for the U-Nets: `python -m minimagen.tools.benchmark [--scenario base32] [--steps 10]`.
 
 Prints one JSON line per scenario with
     params                 parameter count
@@ -25,7 +25,7 @@ Scenario `base32` is the reference: base U-Net at 32x32, width 64, multipliers (
 level, self-attention (keys/values also see the text) at 16 and 8, 4 heads of 64, text 32 tokens x 512 with
 16 valid, batch 8, fp32.
 
-GPU mode: `python -m minimagen.benchmark --device cuda` runs the same scenarios under bf16 autocast (`--dtype`
+GPU mode: `python -m minimagen.tools.benchmark --device cuda` runs the same scenarios under bf16 autocast (`--dtype`
 fp16 / fp32 to change; fp16 adds a GradScaler as training does), against a bf16 matmul probe, and reports
 peak_cuda_mib; `--compile` times the torch.compile'd U-Net (compilation happens in the warm-up steps).
 """

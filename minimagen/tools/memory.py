@@ -1,7 +1,7 @@
 """GPU memory needed to train each stage of a run preset, computed without a GPU.
 
-    python -m minimagen.memory --preset gpu                    # one GPU
-    python -m minimagen.memory --preset gpu --processes 8      # each of 8 DDP processes
+    python -m minimagen.tools.memory --preset gpu                    # one GPU
+    python -m minimagen.tools.memory --preset gpu --processes 8      # each of 8 DDP processes
 
 Two parts, both counted rather than guessed:
   * static, per parameter of the stage being trained: fp32 weights 4 B + gradients 4 B + AdamW's two moments
@@ -23,7 +23,7 @@ import argparse
 
 import torch
 
-from .networks.unet import build_unet
+from ..networks.unet import build_unet
 
 GIB = 2 ** 30
 
@@ -69,7 +69,7 @@ def preset_memory(preset_name: str, processes: int = 1, grad_accum_steps: int | 
                   text_embed_dim: int | None = None) -> list[dict]:
     """stage_memory of every stage of a run preset, its batch split over `processes` and micro-batches."""
     from .run_presets import RUN_PRESETS, build_cascade_config
-    from .text_encoder import text_embed_dim as known_width
+    from ..text_encoder import text_embed_dim as known_width
 
     preset = RUN_PRESETS[preset_name]
     config = build_cascade_config(preset, text_embed_dim=text_embed_dim or known_width(preset.text_encoder))
