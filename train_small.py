@@ -17,23 +17,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from minimagen import distributed
-from minimagen.tools.run_presets import RUN_PRESETS, build_cascade_config, prompt_sets
 from minimagen.cascade import Cascade
-from minimagen.checkpoint import CheckpointError
+from minimagen.checkpoint import (CheckpointError, latest_checkpoint, read_cascade_config, step_checkpoints,
+                                  write_json_atomic)
 from minimagen.data.prepare import image_bytes, prepare_training_data
-from minimagen.tools.report import sample_captions, save_sample_grid, score_samples
-from minimagen.training import (MIXED_PRECISION, NonFiniteLossError, TrainConfig, Trainer, autocast_dtype,
-                                latest_checkpoint)
+from minimagen.tools.report import json_safe, sample_captions, save_sample_grid, score_samples
+from minimagen.tools.run_presets import RUN_PRESETS, build_cascade_config, prompt_sets
+from minimagen.training import MIXED_PRECISION, NonFiniteLossError, TrainConfig, Trainer, autocast_dtype
 
 # ----------------------------------------------------------------------------- config
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,6 +43,8 @@ parser.add_argument("--stages", type=int, default=None, help="train/sample only 
 parser.add_argument("--steps", type=int, nargs="+", default=None, help="optimizer steps per stage (one value or one per stage)")
 parser.add_argument("--batch-size", type=int, default=None, help="images per optimizer step")
 parser.add_argument("--text-encoder", default=None, help="all-MiniLM-L6-v2 (offline default), t5-small, ..., or a local T5 directory")
+parser.add_argument("--max-length", type=int, default=None, help="caption tokens kept (default: the preset's; "
+                    "byte-level encoders such as tiny-t5 need ~128)")
 parser.add_argument("--data", default=None, help="folder of images with captions (default: the built-in captioned shapes)")
 parser.add_argument("--out", default="runs/shapes", help="output directory")
 parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available; under "
@@ -69,44 +72,90 @@ parser.add_argument("--image-store", default=None, help="folder for file-backed 
 parser.add_argument("--prepare-only", action="store_true", help="render the images and encode every caption into "
                     "the cache, then exit (do this once before a torchrun job on a large caption set)")
 parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; on a "
+                    "busy 2-core machine --threads 1 is often faster)")
 args = parser.parse_args()
 sys.stdout.reconfigure(line_buffering=True)  # progress lines appear at once even when redirected to a file
 
-preset = RUN_PRESETS[args.preset].replace(stages=args.stages, steps=args.steps, batch_size=args.batch_size,
-                                          text_encoder=args.text_encoder)
+
+def check_arguments() -> None:
+    """Argument errors end the run like argparse's own (one line, exit status 2), before any work is done."""
+    for name in ("checkpoint_every", "eval_every", "grad_accum_steps", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name in ("grad_accum_steps", "threads") else 0):
+            parser.error(f"--{name.replace('_', '-')} must be >= {1 if name in ('grad_accum_steps', 'threads') else 0}, got {value}")
+    if args.learning_rate is not None and not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        parser.error(f"--learning-rate must be a number > 0, got {args.learning_rate}")
+    if args.steps is not None and min(args.steps) < 1 and not args.resume:
+        parser.error(f"--steps {' '.join(map(str, args.steps))}: every stage needs >= 1 step (0 steps would sample an "
+                     "untrained cascade); to sample a trained run again, pass --resume with its --out")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file; give a directory (it is created if missing)")
+    if args.data is not None and not Path(args.data).is_dir():
+        parser.error(f"--data {args.data}: no such folder (give a folder of images with captions, see README)")
+
+
+check_arguments()
+try:
+    preset = RUN_PRESETS[args.preset].with_overrides(stages=args.stages, steps=args.steps, batch_size=args.batch_size,
+                                                     text_encoder=args.text_encoder, max_length=args.max_length)
+except ValueError as err:
+    parser.error(str(err))
 if args.learning_rate is not None:
     preset = dataclasses.replace(preset, learning_rate=args.learning_rate)  # validated by TrainConfig below
 if args.checkpoint_every is not None:
-    if args.checkpoint_every < 0:
-        sys.exit(f"--checkpoint-every must be >= 0 (0 = only at the end), got {args.checkpoint_every}")
     preset = dataclasses.replace(preset, checkpoint_every=args.checkpoint_every)
-dist = distributed.init_distributed(args.device)  # one process, or this rank of a torchrun job
+try:
+    dist = distributed.init_distributed(args.device)  # one process, or this rank of a torchrun job
+    autocast_dtype(args.mixed_precision, dist.device)  # settings that cannot work here fail now, not after the data
+except ValueError as err:
+    parser.error(f"--device / --mixed-precision: {err}")
 device = dist.device
 if not dist.is_main:  # rank 0 prints, shows progress and writes every file
     sys.stdout = open(os.devnull, "w")
     args.no_progress = True
-try:  # settings that cannot work here fail now, not after the data is prepared
-    autocast_dtype(args.mixed_precision, device)
-except ValueError as err:
-    sys.exit(f"--mixed-precision: {err}")
 if preset.batch_size % dist.world_size:
-    sys.exit(f"--batch-size {preset.batch_size} is the global batch: it must be divisible by the {dist.world_size} "
-             f"processes (e.g. {preset.batch_size // dist.world_size * dist.world_size or dist.world_size})")
+    parser.error(f"--batch-size {preset.batch_size} is the global batch: it must be divisible by the "
+                 f"{dist.world_size} processes (e.g. {preset.batch_size // dist.world_size * dist.world_size or dist.world_size})")
 if args.preset == "gpu" and device.type != "cuda":
-    sys.exit("--preset gpu needs a CUDA GPU (~20 GB, see `python -m minimagen.tools.memory`); on a CPU use the default "
-             "preset (about 20 minutes) or --preset ci")
+    parser.error("--preset gpu needs a CUDA GPU (~20 GB, see `python -m minimagen.tools.memory`); on a CPU use the "
+                 "default preset (about 20 minutes) or --preset ci")
+out, ckpt_root = Path(args.out), Path(args.out) / "checkpoints"
+
+
+def check_resume() -> Path | None:
+    """--resume: find the checkpoint and compare its stages with this run's now, not after the data is prepared."""
+    if not args.resume:
+        return None
+    last = latest_checkpoint(ckpt_root)
+    if last is None:
+        parser.error(f"--resume: no checkpoint in {ckpt_root}; run without --resume to start a new run")
+    try:
+        stored = read_cascade_config(last / "cascade")
+    except CheckpointError as err:
+        earlier = step_checkpoints(ckpt_root)[:-1]
+        hint = (f"; the previous checkpoint {earlier[-1]} may be intact: move {last} away and resume again"
+                if earlier else "")
+        parser.error(f"--resume: {err}{hint}")
+    sizes = [st.get("image_size") for st in stored.get("stages", [])]
+    if sizes != list(preset.sizes):
+        parser.error(f"--resume: {last} holds a cascade of {len(sizes)} stages at sizes {sizes}, this run has "
+                     f"{len(preset.sizes)} at {list(preset.sizes)}: resume with the same --preset and --stages")
+    return last
+
+
+resume_from = check_resume()
 if device.type == "cuda" and not args.no_tf32:
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (~10 bits of mantissa)
     torch.backends.cudnn.allow_tf32 = True
-out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(args.seed)  # initialisation: the same on every rank
 if args.threads:
     torch.set_num_threads(args.threads)
 t_start = time.time()
 timings: dict[str, float] = {}
-print(f"minimagen train_small: preset {args.preset!r}, device {device}, stages {preset.sizes}, out {out}"
+print(f"minimagen train_small: preset {args.preset!r}, device {device}, stages {preset.sizes}, out {out}, "
+      f"{torch.get_num_threads()} CPU threads"
       + (f", {dist.world_size} processes (global batch {preset.batch_size})" if dist.world_size > 1 else ""))
 
 # ----------------------------------------------------------------------------- data
@@ -136,58 +185,32 @@ for i, unet in enumerate(cascade.unets):
     print(f"stage {i}: {preset.sizes[i]}x{preset.sizes[i]}, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M params")
 
 # ----------------------------------------------------------------------------- optimiser
-try:
-    samplers = [distributed.StageSampler(len(data), preset.batch_size, seed=args.seed, stage=s)
-                for s in range(len(preset.sizes))]
-except ValueError as err:  # e.g. a global batch not divisible by the number of processes
-    sys.exit(f"--batch-size: {err}")
+samplers = [distributed.StageSampler(len(data), preset.batch_size, seed=args.seed, stage=s)
+            for s in range(len(preset.sizes))]
 trainer = Trainer(cascade, TrainConfig(learning_rate=preset.learning_rate, warmup_steps=preset.warmup_steps,
                                        ema_decay=preset.ema_decay, seed=args.seed,
                                        mixed_precision=args.mixed_precision, torch_compile=args.compile,
                                        grad_accum_steps=args.grad_accum_steps or preset.grad_accum_steps))
-ckpt_root = out / "checkpoints"
-if args.resume:
-    last = latest_checkpoint(ckpt_root)
-    if last is None:
-        sys.exit(f"--resume: no checkpoint in {ckpt_root}; run without --resume to start a new run")
+losses: dict[str, list[float]] = {}
+if resume_from is not None:
     try:
-        trainer.load_checkpoint(last)
-    except CheckpointError as err:  # e.g. other --preset/--stages/--text-encoder than the run being resumed
+        trainer.load_checkpoint(resume_from)
+    except CheckpointError as err:  # e.g. other --text-encoder than the run being resumed
         sys.exit(f"--resume: {err}")
-    print(f"resumed from {last} (steps per stage {trainer.steps})")
-
-interrupted = False
-
-
-def _on_sigint(signum, frame):  # Ctrl-C: finish the current step, save, exit cleanly
-    global interrupted
-    if interrupted:  # under torchrun: the terminal's Ctrl-C and torchrun's forwarded one; stay on course
-        return
-    interrupted = True
-    if not dist.is_main:
-        return
-    again = "torchrun stops the job if it takes too long" if dist.world_size > 1 else "Ctrl-C again aborts without saving"
-    print(f"\nCtrl-C: finishing this step, then saving a checkpoint ({again})", file=sys.stderr, flush=True)
-    if dist.world_size == 1:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C raises KeyboardInterrupt
+    print(f"resumed from {resume_from} (steps per stage {trainer.steps})")
+    if (out / "losses.json").exists():  # a kill after saving losses.json but before the checkpoint: cut them back
+        losses = {s: v[:trainer.steps[int(s)]] for s, v in json.loads((out / "losses.json").read_text()).items()
+                  if int(s) < len(trainer.steps)}
 
 
-def save_losses() -> None:  # atomic, like the checkpoints: a kill mid-write must not leave half a JSON file
-    if not dist.is_main:
-        return
-    tmp = out / f".losses.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(losses))
-    os.replace(tmp, out / "losses.json")
+def save_losses() -> None:
+    if dist.is_main:
+        write_json_atomic(out / "losses.json", losses)
 
 
-signal.signal(signal.SIGINT, _on_sigint)
+ctrl_c = distributed.CtrlC(dist.is_main, dist.world_size)  # Ctrl-C: finish the step, save, exit cleanly
 
 # ----------------------------------------------------------------------------- training loop
-from tqdm.auto import tqdm  # noqa: E402
-
-losses: dict[str, list[float]] = json.loads((out / "losses.json").read_text()) if args.resume and (out / "losses.json").exists() else {}
-# a kill between saving losses.json and the checkpoint leaves extra losses: keep those of the checkpoint's steps
-losses = {s: v[:trainer.steps[int(s)]] for s, v in losses.items() if int(s) < len(trainer.steps)}
 curve: list[dict] = []  # base-stage alignment vs training minutes (--eval-every)
 eval_s = 0.0
 for stage in range(len(preset.sizes)):
@@ -195,18 +218,14 @@ for stage in range(len(preset.sizes)):
     t0 = time.time()
     bar = tqdm(total=preset.steps[stage], initial=trainer.steps[stage], desc=f"stage {stage} ({preset.sizes[stage]}px)",
                disable=args.no_progress, dynamic_ncols=True)
-    while trainer.steps[stage] < preset.steps[stage]:
-        if distributed.any_rank(interrupted, device):  # every rank stops after the same step
-            interrupted = True
-            break
+    while trainer.steps[stage] < preset.steps[stage] and not ctrl_c.requested(device):
         idx = samplers[stage].indices(trainer.steps[stage])  # this rank's rows of the global batch
         images, embeds, mask = data.batch(stage, idx, device)
         try:
             loss = trainer.train_step(stage, images, embeds, mask)
         except NonFiniteLossError as err:
-            last = latest_checkpoint(ckpt_root)
-            sys.exit(f"{err}\nLast good checkpoint: {last or 'none yet'} (resume with --resume and, e.g., "
-                     f"--learning-rate {trainer.config.learning_rate / 3:.2g}).")
+            sys.exit(f"{err}\nLast good checkpoint: {latest_checkpoint(ckpt_root) or 'none yet'} (resume with "
+                     f"--resume and, e.g., --learning-rate {trainer.config.learning_rate / 3:.2g}).")
         stage_losses.append(loss)
         bar.update(1)
         bar.set_postfix(loss=f"{sum(stage_losses[-50:]) / len(stage_losses[-50:]):.4f}")
@@ -225,7 +244,7 @@ for stage in range(len(preset.sizes)):
     timings[f"train_stage{stage}_s"] = time.time() - t0 - (eval_s if stage == 0 else 0.0)
     if stage == 0 and eval_s:
         timings["eval_curve_s"] = eval_s
-    if interrupted:
+    if ctrl_c.seen:
         save_losses()
         path = trainer.save_checkpoint(ckpt_root)
         same_args = shlex.join(a for a in sys.argv[1:] if a != "--resume")  # same settings, else resume refuses
@@ -239,8 +258,7 @@ if not dist.is_main:  # the samples, the report and final/ are rank 0's
     distributed.cleanup()
     sys.exit(0)
 cascade.save_pretrained(out / "final")
-signal.signal(signal.SIGINT, signal.default_int_handler)  # training is saved: Ctrl-C now simply stops sampling
-
+ctrl_c.restore()  # training is saved: Ctrl-C now simply stops sampling
 distributed.cleanup()  # rank 0 samples alone
 
 # ----------------------------------------------------------------------------- sampling
@@ -262,7 +280,7 @@ metrics = {
     "loss_first100": {s: sum(v[:100]) / max(len(v[:100]), 1) for s, v in losses.items()},
     "alignment_curve": curve, "timings": timings,
 }
-(out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+(out / "metrics.json").write_text(json.dumps(json_safe(metrics), indent=2))  # NaN (nothing to score) -> null
 final = len(preset.sizes) - 1
 print(f"\ndone in {timings['total_s'] / 60:.1f} min -> {out / 'samples.png'}, {out / 'metrics.json'}")
 for name, r in results.items():
@@ -271,3 +289,5 @@ for name, r in results.items():
     a = r["by_stage"][final]
     keys = ("color", "shape", "size", "position", "relation", "all_correct")
     print(f"  {name:15s} final {preset.sizes[final]}px: " + ", ".join(f"{k} {a[k]:.0%}" for k in keys if a[k] == a[k]))
+if args.preset == "ci":
+    print("  (the ci preset is a smoke test: a few dozen steps cannot learn the captions, so ~0 % is expected here)")

@@ -8,8 +8,9 @@ prepared by `conditioning.prepare_lowres_condition` (noise conditioning augmenta
 separately — `Cascade.training_loss(stage, ...)` — and sampled in a chain by `Cascade.__call__`
 (see `sampling.py`). Sizes are free: 16 -> 32 -> 64 on a laptop CPU, 64 -> 256 -> 1024 as in the paper.
 
-Contents: `StageConfig`, `CascadeConfig` (typed, validated, JSON round trip), `Cascade` (the U-Nets,
-their noise schedules, the training loss, text encoding, save/load).
+Contents: `StageConfig`, `CascadeConfig` (typed, validated, JSON round trip), `tiny_cascade_config` (the tiny
+preset the tests use), `Cascade` (the U-Nets, their noise schedules, the training loss, text encoding,
+save/load), `TrainingDraws` (every random draw of one training batch).
 """
 from __future__ import annotations
 
@@ -19,15 +20,14 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .conditioning import NUM_NOISE_LEVELS, check_lowres, downsample, prepare_lowres_condition
-from .diffusion import NoiseSchedule, q_sample, training_target
+from . import checkpoint
+from .conditioning import NUM_NOISE_LEVELS, check_images, downsample, prepare_lowres_condition
+from .diffusion import BETA_SCHEDULES, PREDICTION_TYPES, NoiseSchedule, diffusion_loss
+from .networks.configs import unet_config
 from .networks.unet import UNetConfig, build_unet
-from .text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder, text_embed_dim
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-BETA_SCHEDULES = ("linear", "cosine")
+from .text_encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
+from .text_encoder import text_embed_dim as text_embed_dim_of
 
 
 @dataclass
@@ -43,6 +43,7 @@ class StageConfig:
     train_noise_level_max: int = 500    # SR only: augmentation levels drawn uniformly from [0, this) in training
     sample_noise_level: int = 100       # SR only: default augmentation level at sampling (swept in the paper)
     crop_size: int | None = None        # SR only: train on random crops of this side (paper: 1024 stage on 256 crops)
+    min_snr_gamma: float | None = None  # loss weighting min(SNR, gamma) (Hang et al. 2023, gamma=5); None = plain MSE
 
     def __post_init__(self) -> None:
         if isinstance(self.unet, dict):
@@ -64,6 +65,10 @@ class StageConfig:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.min_snr_gamma is not None and (isinstance(self.min_snr_gamma, bool) or
+                                               not isinstance(self.min_snr_gamma, (int, float)) or
+                                               not self.min_snr_gamma > 0):
+            raise ValueError(f"min_snr_gamma must be a number > 0 (Hang et al. use 5) or None, got {self.min_snr_gamma!r}")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ValueError(f"cond_drop_prob must lie in [0, 1), got {self.cond_drop_prob}")
         if not 1 <= self.train_noise_level_max <= NUM_NOISE_LEVELS:
@@ -107,7 +112,7 @@ class CascadeConfig:
         if not self.stages:
             raise ValueError("stages must hold at least one StageConfig (the base stage)")
         if self.text_embed_dim == 0:
-            self.text_embed_dim = text_embed_dim(self.text_encoder)
+            self.text_embed_dim = text_embed_dim_of(self.text_encoder)
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
             raise ValueError(f"max_length must be an int >= 2 (room for the text encoder's special tokens), got "
                              f"{self.max_length!r}; captions are usually < 32 tokens")
@@ -142,6 +147,24 @@ class CascadeConfig:
         return cls(**d)
 
 
+def tiny_cascade_config(sizes: tuple[int, ...] = (8, 16), text_encoder: str = "tiny-t5", text_embed_dim: int = 0,
+                        **stage_kwargs) -> CascadeConfig:
+    """The "tiny" preset: ~50 k-parameter U-Nets at `sizes` (base first), for tests and quick experiments.
+
+    The default text encoder "tiny-t5" is random and offline (64-d tokens); stage_kwargs go to every StageConfig.
+    """
+    d = text_embed_dim or text_embed_dim_of(text_encoder)
+    small = dict(base_channels=16, num_heads=2, head_dim=8, text_embed_dim=d)
+    stages = [StageConfig(unet_config("base-tiny", image_size=sizes[0], channel_mults=(1, 2), num_res_blocks=1,
+                                      attn_resolutions=(sizes[0] // 2,), cross_attn_resolutions=(sizes[0] // 2,),
+                                      **small), **stage_kwargs)]
+    for s in sizes[1:]:
+        stages.append(StageConfig(unet_config("sr-tiny", image_size=s, channel_mults=(1, 2), num_res_blocks=(1, 1),
+                                              attn_resolutions=(), cross_attn_resolutions=(s // 4,), **small),
+                                  **stage_kwargs))
+    return CascadeConfig(stages=stages, text_encoder=text_encoder, text_embed_dim=d)
+
+
 class Cascade(nn.Module):
     """Text encoder + N U-Nets. Train a stage with `training_loss`, sample with `cascade(prompts, ...)`."""
 
@@ -149,7 +172,7 @@ class Cascade(nn.Module):
         super().__init__()
         self.config = config
         self.unets = nn.ModuleList([build_unet(s.unet) for s in config.stages])
-        self.ema_unets: nn.ModuleList | None = None  # set by training.EMA / from_pretrained; sampled by default
+        self.ema_unets: nn.ModuleList | None = None  # set by Trainer / from_pretrained; sampled by default
         self.schedules = [NoiseSchedule(s.num_train_timesteps, s.beta_schedule) for s in config.stages]
         self._text_encoder = text_encoder  # frozen, not part of state_dict; loaded lazily by name
 
@@ -181,8 +204,8 @@ class Cascade(nn.Module):
         return embeds.to(self.device, torch.float32), mask.to(self.device)
 
     # ---------------------------------------------------------------- training
-    def draw_training_noise(self, stage: int, batch: int, generator: torch.Generator | None = None,
-                            device: torch.device | None = None) -> "TrainingNoise":
+    def training_draws(self, stage: int, batch: int, generator: torch.Generator | None = None,
+                       device: torch.device | None = None) -> "TrainingDraws":
         """Every random draw of a training batch of `batch` items (one row per item), on `device`."""
         cfg = self.config.stages[stage]
         device = device if device is not None else self.device
@@ -205,7 +228,7 @@ class Cascade(nn.Module):
                 left = randint(size - cfg.crop_size + 1, batch)
         t = randint(self.schedules[stage].num_train_timesteps, batch)       # t ~ U{0, ..., T-1}
         drop_text = torch.rand(batch, generator=generator, device=gdev).to(device) < cfg.cond_drop_prob  # CFG
-        return TrainingNoise(noise=noise, t=t, drop_text=drop_text, noise_level=noise_level,
+        return TrainingDraws(noise=noise, t=t, drop_text=drop_text, noise_level=noise_level,
                              lowres_noise=lowres_noise, crop_top=top, crop_left=left)
 
     def training_loss(
@@ -217,14 +240,15 @@ class Cascade(nn.Module):
         generator: torch.Generator | None = None,
         lowres_images: torch.Tensor | None = None,
         unet: nn.Module | None = None,
-        noise: "TrainingNoise | None" = None,
+        draws: "TrainingDraws | None" = None,
     ) -> torch.Tensor:
-        """The diffusion loss of one stage on a batch (DDPM Algorithm 1, with Imagen's conditioning).
+        """The diffusion loss of one stage on a batch: `diffusion.diffusion_loss` (DDPM Algorithm 1) plus what is
+        Imagen's: the text condition with caption dropout, and for SR stages the low-res condition and crops.
 
         images: [B, 3, H, W] in [0, 1] at this stage's image_size. For an SR stage the low-res condition is
         made from `images` (downsampled to the previous stage's size) unless `lowres_images` [B, 3, h, w]
-        is given. `unet` overrides the stage's network (e.g. a DistributedDataParallel wrapper). `noise`: the
-        batch's random draws (see `TrainingNoise`); default: drawn here from `generator`.
+        is given. `unet` overrides the stage's network (e.g. a DistributedDataParallel wrapper). `draws`: the
+        batch's random draws (see `TrainingDraws`); default: drawn here from `generator`.
         """
         if not 0 <= stage < self.num_stages:
             raise ValueError(f"stage must be in [0, {self.num_stages - 1}] (0 = base), got {stage}")
@@ -234,29 +258,27 @@ class Cascade(nn.Module):
         if lowres_images is not None and cfg.is_super_resolution:
             self._check_images(lowres_images, self.config.stages[stage - 1].image_size, "lowres_images")
         batch = images.shape[0]
-        if noise is None:
-            noise = self.draw_training_noise(stage, batch, generator, images.device)
-        elif noise.t.shape != (batch,):
-            raise ValueError(f"noise holds the draws of {noise.t.shape[0]} items but images has {batch}; "
-                             "pass noise.select(rows) for this batch's rows")
+        if draws is None:
+            draws = self.training_draws(stage, batch, generator, images.device)
+        elif draws.t.shape != (batch,):
+            raise ValueError(f"draws holds the draws of {draws.t.shape[0]} items but images has {batch}; "
+                             "pass draws.select(rows) for this batch's rows")
 
-        x0 = images * 2 - 1                                  # [0, 1] -> [-1, 1]
-        eps = noise.noise
-        lowres_cond = None
+        x0, eps, lowres_cond = images * 2 - 1, draws.noise, None  # [0, 1] -> [-1, 1]
         if cfg.is_super_resolution:
             prev_size = self.config.stages[stage - 1].image_size
             if lowres_images is None:
                 lowres_images = downsample(images, prev_size)  # what the previous stage would have produced
-            lowres_cond = prepare_lowres_condition(lowres_images, cfg.image_size, noise.noise_level,
-                                                   noise=noise.lowres_noise)
+            lowres_cond = prepare_lowres_condition(lowres_images, cfg.image_size, draws.noise_level,
+                                                   noise=draws.lowres_noise)
             if cfg.crop_size is not None:  # one random window per item, shared by target, condition and noise
-                x0, lowres_cond, eps = _crop((x0, lowres_cond, eps), cfg.crop_size, noise.crop_top, noise.crop_left)
-        schedule = self.schedules[stage]
-        x_t = q_sample(x0, noise.t, eps, schedule.alphas_cumprod)            # DDPM eq. 4
-        pred = unet(x_t, noise.t, text_embeds, text_mask, lowres_image=lowres_cond, noise_level=noise.noise_level,
-                    drop_text=noise.drop_text)
-        target = training_target(x0, eps, noise.t, schedule.alphas_cumprod, cfg.prediction_type)
-        return F.mse_loss(pred.float(), target.float())                      # || target - f(x_t, t, c) ||^2
+                x0, lowres_cond, eps = _crop((x0, lowres_cond, eps), cfg.crop_size, draws.crop_top, draws.crop_left)
+
+        def model_fn(x_t, t):  # the U-Net, conditioned on the caption (dropped for CFG) and the low-res image
+            return unet(x_t, t, text_embeds, text_mask, lowres_image=lowres_cond, noise_level=draws.noise_level,
+                        drop_text=draws.drop_text)
+        return diffusion_loss(model_fn, x0, self.schedules[stage].alphas_cumprod, cfg.prediction_type,
+                              t=draws.t, noise=eps, min_snr_gamma=cfg.min_snr_gamma)
 
     @staticmethod
     def _check_images(images: torch.Tensor, size: int, name: str) -> None:
@@ -266,7 +288,7 @@ class Cascade(nn.Module):
         if images.shape[-2:] != (size, size):
             raise ValueError(f"{name} must be {size}x{size} for this stage, got {images.shape[-2]}x{images.shape[-1]}; "
                              "resize them or pick the stage whose image_size matches")
-        check_lowres(images, name)  # float, values in [0, 1]: uint8 or [-1, 1] images would train silently wrong
+        check_images(images, name)  # float, values in [0, 1]: uint8 or [-1, 1] images would train silently wrong
 
     # ---------------------------------------------------------------- sampling
     def __call__(self, prompts=None, **kwargs):
@@ -283,15 +305,23 @@ class Cascade(nn.Module):
     def save_pretrained(self, directory: str | Path, ema_only: bool = False, dtype: torch.dtype | None = None) -> Path:
         """config.json + one safetensors file per stage (raw, and EMA when present). Atomic; no pickle.
         ema_only / dtype=torch.float16 make a small file for sharing (see checkpoint.save_cascade)."""
-        from .checkpoint import save_cascade
-        return save_cascade(self, directory, ema_only=ema_only, dtype=dtype)
+        return checkpoint.save_cascade(self, directory, ema_only=ema_only, dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
                         text_encoder=None) -> "Cascade":
         """Rebuild a cascade saved by `save_pretrained` (safetensors + JSON only: nothing is executed)."""
-        from .checkpoint import load_cascade
-        return load_cascade(cls, directory, device=device, text_encoder=text_encoder)
+        config_dict = checkpoint.read_cascade_config(directory)
+        try:
+            config = CascadeConfig.from_dict(config_dict)
+        except (TypeError, ValueError) as err:
+            raise checkpoint.CheckpointError(f"{Path(directory) / 'config.json'} describes an invalid cascade: "
+                                             f"{err}") from err
+        cascade = cls(config, text_encoder=text_encoder)
+        checkpoint.load_cascade_weights(cascade, directory)
+        if device is not None:
+            cascade.to(device)
+        return cascade.eval()
 
 
 def _crop(tensors: tuple[torch.Tensor, ...], size: int, top: torch.Tensor, left: torch.Tensor):
@@ -304,8 +334,10 @@ def _crop(tensors: tuple[torch.Tensor, ...], size: int, top: torch.Tensor, left:
 
 
 @dataclass
-class TrainingNoise:
-    """Every random draw of one training batch (DDPM Algorithm 1 + Imagen's conditioning), one row per item.
+class TrainingDraws:
+    """Every random draw of one training batch (DDPM Algorithm 1 + Imagen's conditioning), one row per item:
+    the noise and timestep of Algorithm 1, the caption-dropout mask, and for SR stages the augmentation level,
+    its noise and the crop corners.
 
     `Trainer` draws it once for the whole global batch and each rank / micro-batch takes its rows with
     `select`, so a step is the same on 1 process, on N (DistributedDataParallel) or in micro-batches.
@@ -319,7 +351,7 @@ class TrainingNoise:
     crop_top: torch.Tensor | None = None      # cropped SR stages: [B] long top-left corner of each window
     crop_left: torch.Tensor | None = None
 
-    def select(self, rows) -> "TrainingNoise":
+    def select(self, rows) -> "TrainingDraws":
         """The draws of some rows (an index tensor or a slice) of the batch."""
-        return TrainingNoise(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
+        return TrainingDraws(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
                                 for f in dataclasses.fields(self)})

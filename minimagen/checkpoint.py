@@ -12,12 +12,21 @@ sends you cannot run code on your machine (a planted `pytorch_model.bin` pickle 
 Every write goes to a temporary sibling directory that is renamed into place when complete, so a crash
 mid-write leaves the previous checkpoint intact, never a half-written one.
 
-Contents: `atomic_write_dir`, `write_json`, `read_json`, `load_safetensors`, `save_cascade`, `load_cascade`.
+Training checkpoints (`Trainer.save_checkpoint`) are step-XXXXXXXX directories holding such a cascade directory,
+trainer_state.json (step counters, TrainConfig) and optimizer{i}.pt (AdamW + LR schedule state, loaded with
+weights_only=True). Only the newest `keep` are kept; `latest_checkpoint(root)` finds the newest complete one.
+
+Contents: `atomic_write_dir`, `write_json`, `read_json`, `load_safetensors`, `save_cascade`, `read_cascade_config`,
+`load_cascade_weights`; `write_json_atomic`, `save_training_checkpoint`, `read_training_checkpoint`,
+`latest_checkpoint`.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -122,12 +131,8 @@ def _contiguous(state: dict[str, torch.Tensor], dtype: torch.dtype | None = None
             for k, v in state.items()}
 
 
-def load_cascade(cls, directory: str | Path, device=None, text_encoder=None):
-    """Rebuild a Cascade from `directory`; EMA weights are loaded when present (and then used for sampling)."""
-    import copy
-
-    from .cascade import CascadeConfig
-
+def read_cascade_config(directory: str | Path) -> dict:
+    """The cascade config dict stored in directory/config.json, after checking that it is a minimagen checkpoint."""
     directory = Path(directory)
     if not directory.is_dir():
         hint = ""
@@ -148,17 +153,19 @@ def load_cascade(cls, directory: str | Path, device=None, text_encoder=None):
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{directory} was written by a newer minimagen (format_version "
                               f"{meta['format_version']} > {FORMAT_VERSION}); upgrade minimagen")
-    try:
-        config = CascadeConfig.from_dict(meta["config"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{directory / 'config.json'} describes an invalid cascade: {err}") from err
-    cascade = cls(config, text_encoder=text_encoder)
-    ema_files = [directory / f"stage{i}.ema.safetensors" for i in range(len(config.stages))]
+    return meta["config"]
+
+
+def load_cascade_weights(cascade, directory: str | Path) -> None:
+    """Load stage*.safetensors (and stage*.ema.safetensors when present, then used for sampling) into `cascade`."""
+    directory = Path(directory)
+    n = cascade.num_stages
+    ema_files = [directory / f"stage{i}.ema.safetensors" for i in range(n)]
     missing = [f.name for f in ema_files if not f.is_file()]
     if missing and len(missing) < len(ema_files):  # half-copied: silently sampling raw weights would hide it
         raise CheckpointError(f"{directory} has EMA weights for some stages but not {missing}; re-copy the whole "
                               "checkpoint directory")
-    raw_files = [directory / f"stage{i}.safetensors" for i in range(len(config.stages))]
+    raw_files = [directory / f"stage{i}.safetensors" for i in range(n)]
     ema_only = not missing and not any(f.is_file() for f in raw_files)  # save_pretrained(ema_only=True)
     for unet, raw, ema in zip(cascade.unets, raw_files, ema_files):
         _load_into(unet, ema if ema_only else raw)
@@ -166,6 +173,116 @@ def load_cascade(cls, directory: str | Path, device=None, text_encoder=None):
         cascade.ema_unets = copy.deepcopy(cascade.unets).requires_grad_(False)
         for unet, f in zip(cascade.ema_unets, ema_files):
             _load_into(unet, f)
-    if device is not None:
-        cascade.to(device)
-    return cascade.eval()
+
+
+# ----------------------------------------------------------------------------- resumable training checkpoints
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that a kill mid-write leaves the old file, never half a new one."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def save_training_checkpoint(target: Path, cascade, trainer_state: dict, optimizers, schedulers,
+                             keep: int = 2) -> Path:
+    """Write target (a step-XXXXXXXX directory: cascade/, trainer_state.json, optimizer{i}.pt) atomically, then
+    delete all but the newest `keep` step-* siblings and temp folders left by killed writers."""
+    def write(tmp: Path) -> None:
+        save_cascade(cascade, tmp / "cascade")
+        write_json(tmp / "trainer_state.json", trainer_state)
+        for i, (opt, sch) in enumerate(zip(optimizers, schedulers)):
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sch.state_dict()}, tmp / f"optimizer{i}.pt")
+
+    path = atomic_write_dir(target, write)
+    for old in step_checkpoints(target.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    _remove_dead_writers_temp_dirs(target.parent)
+    return path
+
+
+def read_training_checkpoint(path: str | Path | None, cascade) -> tuple[list[int], object, list[tuple[dict, dict]]]:
+    """Read and check a save_training_checkpoint directory for `cascade` (same config required).
+
+    Returns (steps per stage, the stored cascade, [(optimizer state, scheduler state)] per stage); nothing of the
+    caller's is changed. Optimizer files are read with torch.load(weights_only=True): a tampered pickle is refused.
+    """
+    if path is None:  # what latest_checkpoint returns for an empty or wrong folder
+        raise CheckpointError("no checkpoint to load (latest_checkpoint found no step-* directory); check the "
+                              "folder you passed, or start training from scratch")
+    path = Path(path)
+    if not (path / "trainer_state.json").is_file():
+        raise CheckpointError(f"{path} is not a training checkpoint (it has no trainer_state.json); pass a step-* "
+                              "directory written by Trainer.save_checkpoint, e.g. latest_checkpoint(root). "
+                              "For sampling-only weights use Cascade.from_pretrained")
+    state = read_json(path / "trainer_state.json")
+    steps = state.get("steps") if isinstance(state, dict) else None
+    if not isinstance(steps, list):
+        raise CheckpointError(f"{path / 'trainer_state.json'} has no valid 'steps' list (got {steps!r}); re-copy "
+                              "the checkpoint, or resume from an earlier step-* directory")
+    if len(steps) != cascade.num_stages:
+        raise CheckpointError(f"{path} was trained with {len(steps)} stages, this cascade has {cascade.num_stages}: "
+                              "resume with the same number of stages (train_small.py: the same --preset/--stages)")
+    loaded = type(cascade).from_pretrained(path / "cascade")
+    if loaded.config.to_dict() != cascade.config.to_dict():
+        where = _first_difference(loaded.config.to_dict(), cascade.config.to_dict())
+        raise CheckpointError(f"{path} was trained with a different cascade config ({where}); resume with the "
+                              "same settings (or start a new --out directory)")
+    if loaded.ema_unets is None:
+        raise CheckpointError(f"{path / 'cascade'} has no stage*.ema.safetensors; re-copy the whole step-* directory")
+    blobs = []
+    for i in range(cascade.num_stages):
+        f = path / f"optimizer{i}.pt"
+        try:
+            blob = torch.load(f, map_location=cascade.device, weights_only=True)  # tensors and plain containers only
+            blobs.append((blob["optimizer"], blob["scheduler"]))
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(f"{f} was refused: it holds Python objects other than tensors and plain "
+                                  "containers, so it is not a file minimagen wrote (tampered?). Nothing in it "
+                                  "was run; delete it and resume from another step-* directory") from err
+        except Exception as err:  # noqa: BLE001 - re-raised with the file named
+            raise CheckpointError(f"{f} could not be read ({type(err).__name__}: {err}); resume from an earlier "
+                                  "step-* directory") from err
+    return [int(s) for s in steps], loaded, blobs
+
+
+def _first_difference(a, b, where: str = "config") -> str:
+    """'stages[0].unet.base_channels: 16 in the checkpoint, 32 here' for two nested config dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{where}.{key}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{where}[{i}]")
+    return f"{where}: {a!r} in the checkpoint, {b!r} here"
+
+
+def _remove_dead_writers_temp_dirs(root: Path) -> None:
+    """Delete `.step-*.tmp-PID` folders whose writer was killed mid-save (never loaded, but checkpoint-sized)."""
+    if os.name != "posix":  # os.kill(pid, 0) only probes on POSIX; elsewhere leave them (they are harmless)
+        return
+    for tmp in root.glob(".step-*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: "does this process exist?"
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, owned by someone else
+
+
+def step_checkpoints(root: str | Path) -> list[Path]:
+    """The complete step-* directories under root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d{8}", p.name))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete step-* directory under root (temporary, half-written ones are never listed)."""
+    dirs = step_checkpoints(Path(root))
+    return dirs[-1] if dirs else None

@@ -19,7 +19,7 @@ ONE function, `prepare_lowres_condition`, builds the condition for training *and
 Imagen port normalised after noising at sampling but before it at training, so its SR stage saw a
 different input distribution at test time; here the order (resize -> normalise -> noise) cannot differ.
 
-Contents: `NUM_NOISE_LEVELS`, `augmentation_schedule`, `downsample`, `upsample`, `check_lowres`,
+Contents: `NUM_NOISE_LEVELS`, `augmentation_schedule`, `downsample`, `upsample`, `check_images`,
 `prepare_lowres_condition`.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
 
 
-def check_lowres(lowres: torch.Tensor, name: str) -> None:
+def check_images(lowres: torch.Tensor, name: str) -> None:
     """Raise an error naming `name` unless `lowres` is a float [B, 3, h, w] tensor with values in [0, 1]."""
     if not isinstance(lowres, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape [B, 3, h, w] with values in [0, 1], "
@@ -83,7 +83,7 @@ def prepare_lowres_condition(
     target_size: side of this stage's images. noise_level: int or [B] long in [0, 1000).
     Returns [B, 3, target_size, target_size], normalised to [-1, 1] and then noised at `noise_level`.
     """
-    check_lowres(lowres, "lowres")
+    check_images(lowres, "lowres")
     batch = lowres.shape[0]
     if not isinstance(noise_level, torch.Tensor):
         noise_level = torch.full((batch,), int(noise_level), dtype=torch.long)

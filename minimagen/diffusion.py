@@ -23,8 +23,10 @@ Imagen adds two tricks (§2.2-2.3): classifier-free guidance, which extrapolates
 conditional prediction, and dynamic thresholding, which keeps the predicted x_0 inside [-1, 1] without
 saturating it when the guidance weight is large.
 
-Map: linear/cosine_beta_schedule -> NoiseSchedule -> extract, q_sample, x0/eps/v conversions -> posterior ->
-thresholding, classifier_free_guidance -> ddpm_step, ddim_step -> sample_loop.
+Map: linear/cosine_beta_schedule -> NoiseSchedule -> as_timesteps, extract -> q_sample, x0/eps/v conversions,
+training_target -> min_snr_weight, diffusion_loss (DDPM Algorithm 1) -> posterior -> thresholding, classifier_free_guidance ->
+ddpm_step, ddim_step -> check_sampling_options, sample_loop (DDPM Algorithm 2).
+The option names (PREDICTION_TYPES, BETA_SCHEDULES, SAMPLERS, THRESHOLDING_MODES) are defined here and only here.
 Schedule values stay float64 on the CPU; every function does its schedule arithmetic in float64 there and
 casts the result to the dtype and device of the images (MPS, for one, has no float64).
 """
@@ -34,6 +36,7 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -121,15 +124,18 @@ class NoiseSchedule:
 
 
 # --------------------------------------------------------------------------------- indexing the schedule
-def _timesteps(t: int | Tensor, batch_size: int, name: str, low: int, high: int) -> Tensor:
-    """int or LongTensor (B,) -> LongTensor (B,) on the CPU, checked to lie in [low, high]."""
+def as_timesteps(t: int | Tensor, batch_size: int, name: str = "t", low: int = 0, high: int | None = None) -> Tensor:
+    """Check a timestep argument once, at a public entry point: int or LongTensor (B,) -> LongTensor (B,) on the CPU.
+
+    Values must lie in [low, high]; the schedule functions below then index with it without checking again.
+    """
     t = torch.as_tensor(t).detach().to("cpu")
     if t.dtype.is_floating_point or t.dtype == torch.bool:
         raise ValueError(f"{name} must be an int or an integer tensor, got dtype {t.dtype}")
     t = t.long().reshape(-1).expand(batch_size) if t.numel() == 1 else t.long().reshape(-1)  # (B,)
     if t.numel() != batch_size:
         raise ValueError(f"{name} must hold one timestep per sample ({batch_size}), got {t.numel()}")
-    if (t < low).any() or (t > high).any():
+    if (t < low).any() or (high is not None and (t > high).any()):
         raise ValueError(f"{name} must be in [{low}, {high}], got {t.tolist()}")
     return t
 
@@ -139,18 +145,24 @@ def _as_x(coef: Tensor, x: Tensor) -> Tensor:
     return coef.reshape(-1, *([1] * (x.dim() - 1))).to(device=x.device, dtype=x.dtype)  # (B, 1, ..., 1)
 
 
-def extract(values: Tensor, t: int | Tensor, x: Tensor) -> Tensor:
-    """values[t] per sample as (B, 1, ..., 1) in x's dtype/device; values (T,), t a LongTensor (B,) or an int."""
-    values = values.detach().to("cpu", torch.float64)
-    return _as_x(values[_timesteps(t, x.shape[0], "t", 0, len(values) - 1)], x)
+def extract(values: Tensor, t: Tensor, x: Tensor) -> Tensor:
+    """values[t] per sample, as (B, 1, ..., 1) in x's dtype and device: a plain gather and reshape.
+    values (T,) float64 on the CPU; t a LongTensor (B,) already checked (see as_timesteps)."""
+    return _as_x(values[t.cpu()], x)
+
+
+def _abar(alphas_cumprod: Tensor) -> Tensor:
+    """alpha_bar in float64 on the CPU, where the schedule arithmetic is done before casting to x's dtype
+    (1 - abar in float32 loses a third of its digits when abar_0 = 0.99996)."""
+    return alphas_cumprod.detach().to("cpu", torch.float64)
 
 
 def _alpha_bars(alphas_cumprod: Tensor, t, t_prev, batch_size: int) -> tuple[Tensor, Tensor]:
     """(alpha_bar_t, alpha_bar_{t_prev}) as float64 (B,), with alpha_bar_{-1} = 1; checks t_prev < t."""
-    abar = alphas_cumprod.detach().to("cpu", torch.float64)
+    abar = _abar(alphas_cumprod)
     T = len(abar)
-    t = _timesteps(t, batch_size, "t", 0, T - 1)
-    t_prev = _timesteps(t_prev, batch_size, "t_prev", -1, T - 2)
+    t = as_timesteps(t, batch_size, "t", 0, T - 1)
+    t_prev = as_timesteps(t_prev, batch_size, "t_prev", -1, T - 2)
     if (t_prev >= t).any():
         raise ValueError(f"t_prev must be < t (sampling goes from noisy to clean), got t={t.tolist()}, "
                          f"t_prev={t_prev.tolist()}")
@@ -160,9 +172,9 @@ def _alpha_bars(alphas_cumprod: Tensor, t, t_prev, batch_size: int) -> tuple[Ten
 
 # ------------------------------------------------------------------- forward process and parameterisations
 def _sqrt_abars(alphas_cumprod: Tensor, t, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(sqrt(abar_t), sqrt(1 - abar_t)), each (B, 1, ..., 1) like x, computed in float64 before the cast
-    (1 - abar in float32 loses a third of its digits when abar_0 = 0.99996)."""
-    abar = alphas_cumprod.detach().to("cpu", torch.float64)
+    """(sqrt(abar_t), sqrt(1 - abar_t)), each (B, 1, ..., 1) like x; t is checked here, once per public call."""
+    abar = _abar(alphas_cumprod)
+    t = as_timesteps(t, x.shape[0], "t", 0, len(abar) - 1)
     return extract(abar.sqrt(), t, x), extract((1 - abar).sqrt(), t, x)
 
 
@@ -174,7 +186,8 @@ def q_sample(x0: Tensor, t, noise: Tensor, alphas_cumprod: Tensor) -> Tensor:
 
 def x0_from_eps(x_t: Tensor, t, eps: Tensor, alphas_cumprod: Tensor) -> Tensor:
     """The clean image implied by x_t and a noise estimate."""
-    abar = alphas_cumprod.detach().to("cpu", torch.float64)
+    abar = _abar(alphas_cumprod)
+    t = as_timesteps(t, x_t.shape[0], "t", 0, len(abar) - 1)
     c_x = extract((1 / abar).sqrt(), t, x_t)  # 1 / sqrt(abar): up to ~2e4 at t = T-1 (cosine)
     c_eps = extract((1 / abar - 1).sqrt(), t, x_t)  # sqrt(1 - abar) / sqrt(abar)
     return c_x * x_t - c_eps * eps  # x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)   (eq. 4 solved for x_0)
@@ -227,6 +240,43 @@ def training_target(x0: Tensor, noise: Tensor, t, alphas_cumprod: Tensor, predic
     return v_from_x0_eps(x0, noise, t, alphas_cumprod)
 
 
+def min_snr_weight(t: Tensor, alphas_cumprod: Tensor, prediction_type: str, gamma: float) -> Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023), float64 (B,): the x_0-space loss weight min(SNR_t, gamma),
+    written in the space the network predicts. SNR_t = abar_t / (1 - abar_t)."""
+    abar = _abar(alphas_cumprod)[t.cpu()]
+    snr = abar / (1 - abar)  # SNR_t = alpha_bar_t / (1 - alpha_bar_t)
+    w = snr.clamp(max=gamma)  # min(SNR, gamma): x_0-prediction
+    kind = canonical_prediction_type(prediction_type)
+    if kind == "epsilon":
+        return w / snr  # eps-loss = SNR * x0-loss, so min(SNR, gamma) / SNR
+    if kind == "v_prediction":
+        return w / (snr + 1)  # v-loss = (SNR + 1) * x0-loss, so min(SNR, gamma) / (SNR + 1)
+    return w
+
+
+def diffusion_loss(model_fn: Callable[[Tensor, Tensor], Tensor], x0: Tensor, alphas_cumprod: Tensor,
+                   prediction_type: str = "epsilon", t: Tensor | None = None, noise: Tensor | None = None,
+                   generator: torch.Generator | None = None, min_snr_gamma: float | None = None) -> Tensor:
+    """DDPM Algorithm 1 (training) on one batch x0 (B, C, H, W) in [-1, 1]: the loss to take a gradient step on.
+
+    model_fn(x_t, t) -> prediction in `prediction_type` space. t and noise may be given (the cascade draws all of a
+    step's randomness up front, for exact resume and DDP); otherwise they are drawn here from `generator`.
+    min_snr_gamma: weight each sample by min_snr_weight (e.g. 5.0); None = the plain MSE of DDPM and Imagen.
+    """
+    if t is None:  # Algorithm 1, line 3: t ~ Uniform({1, ..., T})  (0-based here: {0, ..., T-1})
+        gdev = generator.device if generator is not None else x0.device
+        t = torch.randint(0, len(alphas_cumprod), (x0.shape[0],), generator=generator, device=gdev).to(x0.device)
+    if noise is None:  # Algorithm 1, line 4: eps ~ N(0, I)
+        noise = _randn_like(x0, generator)
+    x_t = q_sample(x0, t, noise, alphas_cumprod)  # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps   (DDPM eq. 4)
+    target = training_target(x0, noise, t, alphas_cumprod, prediction_type)  # eps, x_0 or v
+    pred = model_fn(x_t, t)
+    if min_snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float())  # Algorithm 1, line 5: || target - f(x_t, t) ||^2
+    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
+    return (min_snr_weight(t, alphas_cumprod, prediction_type, min_snr_gamma).to(per_sample) * per_sample).mean()
+
+
 # ------------------------------------------------------------------------------------------ the posterior
 def posterior_mean_variance(x0: Tensor, x_t: Tensor, t, t_prev,
                             alphas_cumprod: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,6 +299,15 @@ def static_threshold(x0: Tensor) -> Tensor:
     return x0.clamp(-1, 1)
 
 
+def _check_dynamic_thresholding(dynamic_thresholding_ratio: float, sample_max_value: float | None) -> None:
+    if not 0 < dynamic_thresholding_ratio <= 1:
+        raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}; "
+                         "Imagen-style code uses 0.9-0.995")
+    if sample_max_value is not None and not sample_max_value >= 1:
+        raise ValueError(f"sample_max_value must be >= 1 or None (no cap), got {sample_max_value!r}; "
+                         "values inside [-1, 1] are never rescaled")
+
+
 def dynamic_threshold(x0: Tensor, dynamic_thresholding_ratio: float = 0.95,
                       sample_max_value: float | None = None) -> Tensor:
     """Imagen's dynamic thresholding (§2.3), per sample.
@@ -259,12 +318,7 @@ def dynamic_threshold(x0: Tensor, dynamic_thresholding_ratio: float = 0.95,
     sample_max_value = 1.0 by default, which makes its "dynamic" identical to static clipping. The paper has
     no cap, so ours is None (off) by default; pass sample_max_value to cap s as diffusers does.
     """
-    if not 0 < dynamic_thresholding_ratio <= 1:
-        raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}; "
-                         "Imagen-style code uses 0.9-0.995")
-    if sample_max_value is not None and not sample_max_value >= 1:
-        raise ValueError(f"sample_max_value must be >= 1 or None (no cap), got {sample_max_value}; "
-                         "values inside [-1, 1] are never rescaled")
+    _check_dynamic_thresholding(dynamic_thresholding_ratio, sample_max_value)
     flat = x0.detach().abs().reshape(x0.shape[0], -1).float()  # (B, C*H*W); quantile needs float32/64
     s = torch.quantile(flat, dynamic_thresholding_ratio, dim=1).clamp(min=1)  # (B,) s = max(1, q_p(|x_0|))
     if sample_max_value is not None:
@@ -304,11 +358,16 @@ def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
+def _check_eta(eta: float) -> None:
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+
+
 def ddpm_step(x0: Tensor, x_t: Tensor, t, t_prev, alphas_cumprod: Tensor,
               generator: torch.Generator | None = None) -> Tensor:
     """Ancestral sampling (DDPM Algorithm 2): x_{t_prev} ~ N(posterior mean, beta_tilde); no noise at t_prev = -1."""
     mean, variance = posterior_mean_variance(x0, x_t, t, t_prev, alphas_cumprod)
-    last = _timesteps(t_prev, x_t.shape[0], "t_prev", -1, len(alphas_cumprod) - 2) == -1  # (B,) landing on x_0?
+    last = as_timesteps(t_prev, x_t.shape[0], "t_prev", -1, len(alphas_cumprod) - 2) == -1  # (B,) landing on x_0?
     nonzero = _as_x((~last).double(), x_t)  # (B, 1, ..., 1): no noise is added to the final image
     return mean + nonzero * variance.sqrt() * _randn_like(x_t, generator)  # x_prev = mu~ + sigma z
 
@@ -316,8 +375,7 @@ def ddpm_step(x0: Tensor, x_t: Tensor, t, t_prev, alphas_cumprod: Tensor,
 def ddim_step(x0: Tensor, eps: Tensor, x_t: Tensor, t, t_prev, alphas_cumprod: Tensor, eta: float = 0.0,
               generator: torch.Generator | None = None) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12). eta = 0: deterministic; eta = 1: the DDPM posterior variance."""
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+    _check_eta(eta)
     abar_t, abar_prev = _alpha_bars(alphas_cumprod, t, t_prev, x_t.shape[0])  # float64 (B,) each
     # sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)   (DDIM eq. 16)
     sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
@@ -329,6 +387,27 @@ def ddim_step(x0: Tensor, eps: Tensor, x_t: Tensor, t, t_prev, alphas_cumprod: T
 
 
 # ----------------------------------------------------------------------------------------- the whole loop
+def check_number(name: str, value) -> None:
+    """TypeError unless value is a real number (one, or a list with one per stage), ValueError if not finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number (one, or a list with one per stage), got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+
+
+def check_sampling_options(sampler: str = "ddim", eta: float = 0.0, thresholding: str = "dynamic",
+                           dynamic_thresholding_ratio: float = 0.95, sample_max_value: float | None = None) -> None:
+    """The one place where the sampler settings are validated (sample_loop and sampling.StageSettings call it)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    check_number("eta", eta)
+    check_number("dynamic_thresholding_ratio", dynamic_thresholding_ratio)
+    _check_eta(eta)
+    if thresholding not in THRESHOLDING_MODES:
+        raise ValueError(f"thresholding must be one of {THRESHOLDING_MODES}, got {thresholding!r}")
+    _check_dynamic_thresholding(dynamic_thresholding_ratio, sample_max_value)
+
+
 @torch.no_grad()
 def sample_loop(model_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, schedule: NoiseSchedule,
                 num_inference_steps: int, sampler: str = "ddim", eta: float = 0.0,
@@ -337,7 +416,7 @@ def sample_loop(model_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, sched
                 generator: torch.Generator | None = None,
                 callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
                 progress: bool | str = False) -> Tensor:
-    """Denoise x_T (pure noise, (B, ...)) into x_0 in num_inference_steps model calls.
+    """DDPM Algorithm 2 (sampling): denoise x_T (pure noise, (B, ...)) into x_0 in num_inference_steps model calls.
 
     model_fn(x_t, t) -> prediction in `prediction_type` space, with t a LongTensor (B,) on x_T's device;
     classifier-free guidance, text conditioning etc. live inside model_fn (see classifier_free_guidance).
@@ -346,29 +425,23 @@ def sample_loop(model_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, sched
     called after thresholding, for plots of how the prediction sharpens. eta is used by DDIM only; the DDPM
     sampler always uses the "fixed small" posterior variance. Runs under torch.no_grad().
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {eta}")
+    check_sampling_options(sampler, eta, thresholding, dynamic_thresholding_ratio, sample_max_value)
     canonical_prediction_type(prediction_type)  # fail before the first model call, not after it
-    if thresholding not in THRESHOLDING_MODES:
-        raise ValueError(f"thresholding must be one of {THRESHOLDING_MODES}, got {thresholding!r}")
     abar = schedule.alphas_cumprod
     timesteps = schedule.inference_timesteps(num_inference_steps).tolist()  # e.g. [999, 749, 499, 249]
     steps = list(zip(timesteps, timesteps[1:] + [-1]))  # (t, t_prev) pairs, the last lands on t_prev = -1
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc=progress if isinstance(progress, str) else f"{sampler} sampling", leave=False)
-    x, batch = x_T, x_T.shape[0]
-    for i, (t, t_prev) in enumerate(steps):
+    x, batch = x_T, x_T.shape[0]  # Algorithm 2, line 1: x_T ~ N(0, I)
+    for i, (t, t_prev) in enumerate(steps):  # line 2: for t = T, ..., 1 (num_inference_steps of them)
         t_batch = torch.full((batch,), t, dtype=torch.long, device=x.device)  # (B,)
         x0, eps = x0_eps_from_model_output(model_fn(x, t_batch), x, t, abar, prediction_type)
-        x0 = apply_thresholding(x0, thresholding, dynamic_thresholding_ratio, sample_max_value)
+        x0 = apply_thresholding(x0, thresholding, dynamic_thresholding_ratio, sample_max_value)  # Imagen §2.3
         if callback is not None:
             callback(i, t, x, x0)
-        if sampler == "ddim":
-            eps = eps_from_x0(x, t, x0, abar)
-            x = ddim_step(x0, eps, x, t, t_prev, abar, eta=eta, generator=generator)
-        else:
+        if sampler == "ddim":  # DDIM eq. 12 (deterministic for eta = 0)
+            x = ddim_step(x0, eps_from_x0(x, t, x0, abar), x, t, t_prev, abar, eta=eta, generator=generator)
+        else:  # lines 3-4: z ~ N(0, I) unless landing on x_0; x_{t-1} = mu~(x_t, x_0) + sigma_t z
             x = ddpm_step(x0, x, t, t_prev, abar, generator=generator)
-    return x
+    return x  # line 6: return x_0

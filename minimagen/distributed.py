@@ -19,11 +19,13 @@ torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init_d
 Backend: NCCL between GPUs, gloo on CPUs (the tests run 2 CPU processes with gloo).
 
 Contents: `DistInfo`, `init_distributed`, `cleanup`, `rank_and_world_size`, `barrier`, `mean_over_ranks`,
-`true_on_every_rank`, `any_rank`, `StageSampler`.
+`true_on_every_rank`, `any_rank`, `StageSampler`, `CtrlC` (Ctrl-C agreed by every rank).
 """
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +59,10 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but this PyTorch sees no CUDA GPU "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use device='cpu', "
+                         "or install the CUDA build of PyTorch for your GPU (pytorch.org)")
     if world_size == 1:
         return DistInfo(device=device)
     if device.type == "cuda":
@@ -146,3 +152,36 @@ class StageSampler:
             self._epoch, self._order = epoch, list(self.sampler)
         b = self.local_batch_size
         return torch.tensor(self._order[k * b:(k + 1) * b], dtype=torch.long)
+
+
+class CtrlC:
+    """Ctrl-C as a request to stop after the current step, agreed by every rank (so all save the same step).
+
+    `stop.requested(device)` is True on every rank once any rank saw Ctrl-C. The first Ctrl-C only sets the flag;
+    in a single process a second one aborts at once (KeyboardInterrupt). Under torchrun the terminal's Ctrl-C and
+    torchrun's forwarded one both arrive: the second is ignored, torchrun's own timeout still applies.
+    """
+
+    def __init__(self, is_main: bool = True, world_size: int = 1):
+        self.seen, self.is_main, self.world_size = False, is_main, world_size
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.seen:
+            return
+        self.seen = True
+        if not self.is_main:
+            return
+        again = "torchrun stops the job if it takes too long" if self.world_size > 1 else "Ctrl-C again aborts without saving"
+        print(f"\nCtrl-C: finishing this step, then saving a checkpoint ({again})", file=sys.stderr, flush=True)
+        if self.world_size == 1:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C raises KeyboardInterrupt
+
+    def requested(self, device: torch.device) -> bool:
+        self.seen = any_rank(self.seen, device)  # every rank stops after the same step
+        return self.seen
+
+    @staticmethod
+    def restore() -> None:
+        """Back to Python's default: Ctrl-C raises KeyboardInterrupt (e.g. once training is saved)."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)

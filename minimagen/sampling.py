@@ -15,21 +15,19 @@ Per stage:
   3. the result becomes the next stage's low-res condition through the SAME
      `conditioning.prepare_lowres_condition` used in training (noise conditioning augmentation).
 
-Contents: `CascadeOutput`, `sample_cascade`, `sweep_noise_levels`, `to_output_type`.
+Contents: `CascadeOutput`, `StageSettings` + `stage_settings` (per-stage options, validated once),
+`sample_cascade`, `sweep_noise_levels`, `to_output_type`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from .conditioning import NUM_NOISE_LEVELS, prepare_lowres_condition
-from .diffusion import classifier_free_guidance, sample_loop
+from .diffusion import check_number, check_sampling_options, classifier_free_guidance, sample_loop
 
-SAMPLERS = ("ddpm", "ddim")
-THRESHOLDING = ("none", "static", "dynamic")
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
@@ -37,6 +35,38 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 class CascadeOutput:
     images: Any                      # the last stage's images in `output_type`
     all_stages: list | None = None   # with return_all_stages=True: every stage's images, base first
+
+
+@dataclass
+class StageSettings:
+    """How one stage is sampled; validated on construction (the one place sample_cascade's options are checked)."""
+
+    stage: int                                # index in the cascade (0 = base)
+    image_size: int                           # side of the stage's images
+    num_train_timesteps: int                  # T of the stage's schedule (bounds num_inference_steps)
+    guidance_scale: float = 5.0               # classifier-free guidance weight w (1 = plain conditional model)
+    num_inference_steps: int = 50             # denoising steps
+    sampler: str = "ddim"                     # see diffusion.SAMPLERS
+    eta: float = 0.0                          # DDIM noise (0 = deterministic)
+    thresholding: str = "dynamic"             # "none" / "static" / "dynamic" (Imagen §2.3)
+    dynamic_thresholding_ratio: float = 0.95  # percentile p of |x0| for dynamic thresholding
+    sample_max_value: float | None = None     # cap on the dynamic threshold s (None = the paper's: no cap)
+    noise_level: int | None = None            # SR stages: augmentation level in [0, 1000) (Imagen §2.4)
+
+    def __post_init__(self) -> None:
+        check_number("guidance_scale", self.guidance_scale)
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {self.guidance_scale}")
+        steps, T = self.num_inference_steps, self.num_train_timesteps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+            raise ValueError(f"num_inference_steps must be an int in [1, {T}] (the stage's num_train_timesteps), "
+                             f"got {steps!r}")
+        check_sampling_options(self.sampler, self.eta, self.thresholding, self.dynamic_thresholding_ratio,
+                               self.sample_max_value)
+        lv = self.noise_level
+        if self.stage > 0 and (isinstance(lv, bool) or not isinstance(lv, int) or not 0 <= lv < NUM_NOISE_LEVELS):
+            raise ValueError(f"noise_level must be an int in [0, {NUM_NOISE_LEVELS - 1}] (one, or a list with one "
+                             f"per super-resolution stage), got {lv!r}")
 
 
 def _per_stage(value, count: int, name: str, what: str = "stage") -> list:
@@ -47,6 +77,23 @@ def _per_stage(value, count: int, name: str, what: str = "stage") -> list:
                              f"pass one value, or a list of {count}")
         return list(value)
     return [value] * count
+
+
+def stage_settings(cascade, stages: list[int], noise_level=None, **options) -> list[StageSettings]:
+    """Expand sample_cascade's options (one value, or one per stage; noise_level one per SR stage) per stage."""
+    per_stage = {name: _per_stage(value, len(stages), name) for name, value in options.items()}
+    sr_stages = [s for s in stages if s > 0]
+    if noise_level is None:
+        levels = [cascade.config.stages[s].sample_noise_level for s in sr_stages]
+    else:
+        levels = _per_stage(noise_level, len(sr_stages), "noise_level", what="super-resolution stage")
+    out = []
+    for i, s in enumerate(stages):
+        cfg = cascade.config.stages[s]
+        out.append(StageSettings(stage=s, image_size=cfg.image_size, num_train_timesteps=cfg.num_train_timesteps,
+                                 noise_level=levels[sr_stages.index(s)] if s > 0 else None,
+                                 **{name: values[i] for name, values in per_stage.items()}))
+    return out
 
 
 def _check_prompts(prompts) -> list[str]:
@@ -61,6 +108,40 @@ def _check_prompts(prompts) -> list[str]:
             raise TypeError(f"prompts[{i}] must be a str, got {type(p).__name__} ({p!r}); pass text, e.g. "
                             f"[str(x) for x in prompts]")
     return list(prompts)
+
+
+def _text_condition(cascade, prompts, text_embeds, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text_embeds [B, L, D], text_mask [B, L]) from prompts (encoded once, shared by every stage) or as given."""
+    if text_embeds is None:
+        return cascade.encode_text(_check_prompts(prompts))
+    if text_mask is None:
+        raise ValueError("text_mask is required with text_embeds ([B, L] bool, True = real token)")
+    d = cascade.config.text_embed_dim
+    if text_embeds.ndim != 3 or text_embeds.shape[-1] != d or tuple(text_mask.shape) != tuple(text_embeds.shape[:2]):
+        raise ValueError(f"text_embeds must be [B, L, {d}] and text_mask [B, L] (this cascade's text encoder "
+                         f"{cascade.config.text_encoder!r} gives {d}-d tokens), got {tuple(text_embeds.shape)} and "
+                         f"{tuple(text_mask.shape)}; make them with cascade.encode_text(prompts)")
+    return text_embeds, text_mask
+
+
+def _check_stage_range(cascade, start_stage: int, num_stages: int | None, lowres_images, batch: int) -> list[int]:
+    """The stages to run, [start_stage, num_stages), checked together with the low-res images they may need."""
+    n_total = cascade.num_stages
+    end = n_total if num_stages is None else num_stages
+    if not 0 <= start_stage < end <= n_total:
+        raise ValueError(f"need 0 <= start_stage ({start_stage}) < num_stages ({end}) <= {n_total} stages")
+    if lowres_images is not None and start_stage == 0:  # would be silently ignored: the base stage starts from noise
+        raise ValueError("lowres_images is only used together with start_stage >= 1 (the first stage to run must be "
+                         "a super-resolution stage); pass start_stage=1 to upsample them")
+    if start_stage > 0:
+        if lowres_images is None:
+            raise ValueError(f"start_stage={start_stage} needs lowres_images [B, 3, h, w] in [0, 1] from stage "
+                             f"{start_stage - 1}")
+        prev = cascade.config.stages[start_stage - 1].image_size
+        cascade._check_images(lowres_images, prev, "lowres_images")  # shape, dtype and [0, 1] range
+        if lowres_images.shape[0] != batch:
+            raise ValueError(f"lowres_images has {lowres_images.shape[0]} images but there are {batch} prompts")
+    return list(range(start_stage, end))
 
 
 @torch.no_grad()
@@ -94,6 +175,7 @@ def sample_cascade(
 
     guidance_scale: w >= 0 (1 = no guidance, the plain conditional model). num_inference_steps: 1..T.
     noise_level: augmentation level in [0, 1000) per SR stage (default: each stage's sample_noise_level).
+    The per-stage options (guidance_scale ... sample_max_value) take one value or a list with one per stage.
     num_stages: stop after this many stages (e.g. 1 = base only). start_stage + lowres_images: run only the
     SR stages on given low-res images [B, 3, h, w] in [0, 1] (e.g. to sweep noise levels).
     offload: keep only the running U-Net on `device` (the others, and the text encoder, stay on the CPU), so
@@ -101,100 +183,37 @@ def sample_cascade(
     device: where to sample (default: where the cascade's U-Nets are).
     callback(stage, step_index, t, x_t, x0_pred): called at every denoising step (for teaching plots).
     """
-    n_total = cascade.num_stages
-    end = n_total if num_stages is None else num_stages
-    if not 0 <= start_stage < end <= n_total:
-        raise ValueError(f"need 0 <= start_stage ({start_stage}) < num_stages ({end}) <= {n_total} stages")
-    if lowres_images is not None and start_stage == 0:  # would be silently ignored: the base stage starts from noise
-        raise ValueError("lowres_images is only used together with start_stage >= 1 (the first stage to run must be "
-                         "a super-resolution stage); pass start_stage=1 to upsample them")
-    stages = list(range(start_stage, end))
-    n = len(stages)
-    if text_embeds is None:
-        prompts = _check_prompts(prompts)
-        text_embeds, text_mask = cascade.encode_text(prompts)  # once, shared by every stage
-    elif text_mask is None:
-        raise ValueError("text_mask is required with text_embeds ([B, L] bool, True = real token)")
-    d = cascade.config.text_embed_dim
-    if text_embeds.ndim != 3 or text_embeds.shape[-1] != d or tuple(text_mask.shape) != tuple(text_embeds.shape[:2]):
-        raise ValueError(f"text_embeds must be [B, L, {d}] and text_mask [B, L] (this cascade's text encoder "
-                         f"{cascade.config.text_encoder!r} gives {d}-d tokens), got {tuple(text_embeds.shape)} and "
-                         f"{tuple(text_mask.shape)}; make them with cascade.encode_text(prompts)")
+    text_embeds, text_mask = _text_condition(cascade, prompts, text_embeds, text_mask)
+    batch = text_embeds.shape[0]
+    stages = _check_stage_range(cascade, start_stage, num_stages, lowres_images, batch)
+    settings = stage_settings(cascade, stages, noise_level, guidance_scale=guidance_scale,
+                              num_inference_steps=num_inference_steps, sampler=sampler, eta=eta,
+                              thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+                              sample_max_value=sample_max_value)
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-
-    guidance = _per_stage(guidance_scale, n, "guidance_scale")
-    steps = _per_stage(num_inference_steps, n, "num_inference_steps")
-    samplers = _per_stage(sampler, n, "sampler")
-    etas = _per_stage(eta, n, "eta")
-    modes = _per_stage(thresholding, n, "thresholding")
-    ratios = _per_stage(dynamic_thresholding_ratio, n, "dynamic_thresholding_ratio")
-    caps = _per_stage(sample_max_value, n, "sample_max_value")
-    sr_stages = [s for s in stages if s > 0]
-    if noise_level is None:
-        levels = [cascade.config.stages[s].sample_noise_level for s in sr_stages]
-    else:
-        levels = _per_stage(noise_level, len(sr_stages), "noise_level", what="super-resolution stage")
-    for i, s in enumerate(stages):
-        cfg = cascade.config.stages[s]
-        for name, values in (("guidance_scale", guidance), ("eta", etas), ("dynamic_thresholding_ratio", ratios)):
-            if isinstance(values[i], bool) or not isinstance(values[i], (int, float)):
-                raise TypeError(f"{name} must be a number (one, or a list with one per stage), got {values[i]!r}")
-            if not math.isfinite(values[i]):
-                raise ValueError(f"{name} must be finite, got {values[i]}")
-        if guidance[i] < 0:
-            raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance[i]}")
-        if not 0 <= etas[i] <= 1:
-            raise ValueError(f"eta must lie in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {etas[i]}")
-        if caps[i] is not None and not caps[i] >= 1:
-            raise ValueError(f"sample_max_value must be >= 1 or None (no cap), got {caps[i]!r}")
-        if isinstance(steps[i], bool) or not isinstance(steps[i], int) or not 1 <= steps[i] <= cfg.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be an int in [1, {cfg.num_train_timesteps}] "
-                             f"(the stage's num_train_timesteps), got {steps[i]!r}")
-        if samplers[i] not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {samplers[i]!r}")
-        if modes[i] not in THRESHOLDING:
-            raise ValueError(f"thresholding must be one of {THRESHOLDING}, got {modes[i]!r}")
-        if not 0 < ratios[i] <= 1:
-            raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {ratios[i]}")
-    for lv in levels:
-        if isinstance(lv, bool) or not isinstance(lv, int) or not 0 <= lv < NUM_NOISE_LEVELS:
-            raise ValueError(f"noise_level must be an int in [0, {NUM_NOISE_LEVELS - 1}] (one, or a list with one "
-                             f"per super-resolution stage), got {lv!r}")
-
     device = torch.device(device) if device is not None else cascade.device
-    batch = text_embeds.shape[0]
-    if start_stage > 0:
-        if lowres_images is None:
-            raise ValueError(f"start_stage={start_stage} needs lowres_images [B, 3, h, w] in [0, 1] from stage "
-                             f"{start_stage - 1}")
-        prev = cascade.config.stages[start_stage - 1].image_size
-        cascade._check_images(lowres_images, prev, "lowres_images")  # shape, dtype and [0, 1] range
-        if lowres_images.shape[0] != batch:
-            raise ValueError(f"lowres_images has {lowres_images.shape[0]} images but there are {batch} prompts")
+    gdev = generator.device if generator is not None else device
     text_embeds, text_mask = text_embeds.to(device), text_mask.to(device)
 
     images, all_stages = lowres_images, []
-    for i, s in enumerate(stages):
-        cfg = cascade.config.stages[s]
-        unet = cascade.sampling_unet(s, use_ema)
-        home = next(unet.parameters()).device
-        if offload or home != device:
+    for st in settings:
+        unet = cascade.sampling_unet(st.stage, use_ema)
+        if offload or next(unet.parameters()).device != device:
             unet.to(device)
         lowres_cond = level = None
-        if s > 0:
-            level = torch.full((batch,), levels[sr_stages.index(s)], dtype=torch.long, device=device)
-            lowres_cond = prepare_lowres_condition(images.to(device), cfg.image_size, level, generator=generator)
-        model_fn = _guided_model(unet, text_embeds, text_mask, lowres_cond, level, guidance[i])
-        gdev = generator.device if generator is not None else device
-        x_T = torch.randn((batch, 3, cfg.image_size, cfg.image_size), generator=generator, device=gdev).to(device)
-        step_cb = None if callback is None else (lambda k, t, x, x0, _s=s: callback(_s, k, t, x, x0))
+        if st.stage > 0:  # the previous stage's images through the SAME function as in training (Imagen §2.4)
+            level = torch.full((batch,), st.noise_level, dtype=torch.long, device=device)
+            lowres_cond = prepare_lowres_condition(images.to(device), st.image_size, level, generator=generator)
+        model_fn = _guided_model(unet, text_embeds, text_mask, lowres_cond, level, st.guidance_scale)
+        x_T = torch.randn((batch, 3, st.image_size, st.image_size), generator=generator, device=gdev).to(device)
+        step_cb = None if callback is None else (lambda k, t, x, x0, _s=st.stage: callback(_s, k, t, x, x0))
         x0 = sample_loop(
-            model_fn, x_T, cascade.schedules[s], steps[i], sampler=samplers[i], eta=etas[i],
-            prediction_type=cfg.prediction_type, thresholding=modes[i],
-            dynamic_thresholding_ratio=ratios[i], sample_max_value=caps[i], generator=generator,
-            callback=step_cb, progress=f"stage {s} ({cfg.image_size}px, {samplers[i]})" if progress else False,
-        )
+            model_fn, x_T, cascade.schedules[st.stage], st.num_inference_steps, sampler=st.sampler, eta=st.eta,
+            prediction_type=cascade.config.stages[st.stage].prediction_type, thresholding=st.thresholding,
+            dynamic_thresholding_ratio=st.dynamic_thresholding_ratio, sample_max_value=st.sample_max_value,
+            generator=generator, callback=step_cb,
+            progress=f"stage {st.stage} ({st.image_size}px, {st.sampler})" if progress else False)
         images = ((x0.clamp(-1, 1) + 1) / 2).float()  # [-1, 1] -> [0, 1]
         if offload:
             unet.to("cpu")

@@ -19,8 +19,8 @@ EMA with warm-up: decay_k = min(ema_decay, (1 + k) / (10 + k)). A plain decay of
 ~10,000 steps, so a short run sampled from its EMA would show a nearly random network — the "samples are pure
 noise" complaint about other ports; the warm-up makes the EMA track the raw weights early on.
 
-Contents: `TrainConfig`, `step_generator`, `NonFiniteLossError`, `Trainer` (train_step, save/load),
-`latest_checkpoint`.
+Contents: `TrainConfig`, `step_generator`, `NonFiniteLossError`, `autocast_dtype`, `Trainer` (train_step,
+save_checkpoint / load_checkpoint, whose file format lives in checkpoint.py).
 """
 from __future__ import annotations
 
@@ -28,17 +28,13 @@ import contextlib
 import copy
 import dataclasses
 import math
-import os
-import pickle
-import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import distributed
-from .checkpoint import CheckpointError, atomic_write_dir, read_json, save_cascade, write_json
+from . import checkpoint, distributed
+from .checkpoint import latest_checkpoint  # noqa: F401 - re-exported: `from minimagen.training import latest_checkpoint`
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
@@ -174,7 +170,9 @@ class Trainer:
         """One optimizer step of `stage`; returns the mean loss over the (global) batch.
 
         images etc.: this process's rows of the batch (all of it in a single process; under torchrun rows
-        rank, rank + N, ... of the global batch, as `distributed.StageSampler` gives them).
+        rank, rank + N, ... of the global batch, as `distributed.StageSampler` gives them). If anything fails
+        before the optimizer step, the gradients of the micro-batches already done are dropped, so the next step
+        starts clean.
         """
         cfg, cascade = self.config, self.cascade
         if not 0 <= stage < cascade.num_stages:
@@ -185,23 +183,26 @@ class Trainer:
         batch, device = images.shape[0], cascade.device
         # all draws of this step, for the global batch; this rank keeps rows rank, rank + N, ...
         gen = step_generator(cfg.seed, stage, self.steps[stage], device=device)
-        noise = cascade.draw_training_noise(stage, batch * self.world_size, gen, device)
-        noise = noise.select(slice(self.rank, None, self.world_size))
+        draws = cascade.training_draws(stage, batch * self.world_size, gen, device)
+        draws = draws.select(slice(self.rank, None, self.world_size))
         chunks = torch.arange(batch).tensor_split(min(cfg.grad_accum_steps, batch))
-        total = 0.0
-        for micro, idx in enumerate(chunks):
-            low = None if lowres_images is None else lowres_images[idx]
-            sync_now = micro == len(chunks) - 1  # DDP all-reduces gradients only in the last micro-batch's backward
-            no_sync = model.no_sync() if hasattr(model, "no_sync") and not sync_now else contextlib.nullcontext()
-            with no_sync:
-                with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                    loss = cascade.training_loss(stage, images[idx], text_embeds[idx], text_mask[idx],
-                                                 lowres_images=low, unet=model, noise=noise.select(idx))
-                self._stop_if_not_finite(stage, loss)
-                scaled = loss * (len(idx) / batch)  # mean over the full batch, whatever the micro-batch sizes
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total += scaled.item()
-        opt = self.optimizers[stage]
+        opt, total = self.optimizers[stage], 0.0
+        try:
+            for micro, idx in enumerate(chunks):
+                low = None if lowres_images is None else lowres_images[idx]
+                sync_now = micro == len(chunks) - 1  # DDP all-reduces gradients only in the last micro-batch
+                no_sync = model.no_sync() if hasattr(model, "no_sync") and not sync_now else contextlib.nullcontext()
+                with no_sync:
+                    with torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                        loss = cascade.training_loss(stage, images[idx], text_embeds[idx], text_mask[idx],
+                                                     lowres_images=low, unet=model, draws=draws.select(idx))
+                    self._stop_if_not_finite(stage, loss)
+                    scaled = loss * (len(idx) / batch)  # mean over the full batch, whatever the micro-batch sizes
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                total += scaled.item()
+        except BaseException:
+            opt.zero_grad(set_to_none=True)  # drop earlier micro-batches' gradients: the next step starts clean
+            raise
         if self.scaler:
             self.scaler.unscale_(opt)
         if cfg.grad_clip_norm > 0:
@@ -213,7 +214,7 @@ class Trainer:
             opt.step()
         opt.zero_grad(set_to_none=True)
         self.schedulers[stage].step()
-        self._update_ema(stage)
+        update_ema(self.cascade.ema_unets[stage], self.cascade.unets[stage], self.steps[stage], cfg.ema_decay)
         self.steps[stage] += 1
         return distributed.mean_over_ranks(total, device)
 
@@ -221,24 +222,13 @@ class Trainer:
         """Raise NonFiniteLossError (on every rank at once, so none waits forever in an all-reduce)."""
         if distributed.true_on_every_rank(bool(torch.isfinite(loss)), self.cascade.device):
             return
-        self.optimizers[stage].zero_grad(set_to_none=True)  # drop earlier micro-batches' gradients too
         where = "" if self.world_size == 1 else f" (on rank {self.rank}: {loss.item()}; the job stops on every rank)"
         raise NonFiniteLossError(
             f"stage {stage}, step {self.steps[stage]}: the loss is {loss.item()}{where}. The weights were not "
             "updated. Try a lower learning_rate (or more warmup_steps), grad_clip_norm=1.0, or "
             "mixed_precision='no'; resume from the last good checkpoint.")
 
-    @torch.no_grad()
-    def _update_ema(self, stage: int) -> None:
-        k = self.steps[stage]
-        decay = min(self.config.ema_decay, (1 + k) / (10 + k))  # EMA warm-up
-        ema, raw = self.cascade.ema_unets[stage], self.cascade.unets[stage]
-        for p_ema, p in zip(ema.parameters(), raw.parameters()):
-            p_ema.lerp_(p, 1 - decay)                            # ema = decay * ema + (1 - decay) * p
-        for b_ema, b in zip(ema.buffers(), raw.buffers()):
-            b_ema.copy_(b)
-
-    # ---------------------------------------------------------------- checkpoints
+    # ---------------------------------------------------------------- checkpoints (file format: checkpoint.py)
     def save_checkpoint(self, root: str | Path, keep: int = 2) -> Path:
         """Write root/step-XXXXXXXX (cascade + optimizer state) atomically; keep the newest `keep`.
 
@@ -246,122 +236,42 @@ class Trainer:
         """
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (how many step-* directories to keep), got {keep}")
-        root = Path(root)
-        name = f"step-{sum(self.steps):08d}"
-        if self.rank != 0:
-            distributed.barrier()  # rank 0 is writing
-            return root / name
-
-        def write(tmp: Path) -> None:
-            save_cascade(self.cascade, tmp / "cascade")
-            write_json(tmp / "trainer_state.json", {"steps": self.steps, "train_config": dataclasses.asdict(self.config)})
-            for i, (opt, sch) in enumerate(zip(self.optimizers, self.schedulers)):
-                torch.save({"optimizer": opt.state_dict(), "scheduler": sch.state_dict()}, tmp / f"optimizer{i}.pt")
-
-        path = atomic_write_dir(root / name, write)
-        for old in _step_dirs(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        _remove_dead_writers_temp_dirs(root)
-        distributed.barrier()  # the others may read it now
-        return path
+        target = Path(root) / f"step-{sum(self.steps):08d}"
+        if self.rank == 0:
+            state = {"steps": self.steps, "train_config": dataclasses.asdict(self.config)}
+            checkpoint.save_training_checkpoint(target, self.cascade, state, self.optimizers, self.schedulers, keep)
+        distributed.barrier()  # rank 0 has written it; the others may read it now
+        return target
 
     def load_checkpoint(self, path: str | Path | None) -> None:
         """Restore weights, EMA, optimizer/scheduler state and step counters from a save_checkpoint directory.
-
-        Everything is read and checked first; the trainer is changed only if the whole checkpoint is good.
-        Optimizer files are read with torch.load(weights_only=True): a tampered pickle is refused, never run.
-        """
-        from .checkpoint import load_cascade
-
-        if path is None:  # what latest_checkpoint returns for an empty or wrong folder
-            raise CheckpointError("no checkpoint to load (latest_checkpoint found no step-* directory); check the "
-                                  "folder you passed, or start training from scratch")
-        path = Path(path)
-        if not (path / "trainer_state.json").is_file():
-            raise CheckpointError(f"{path} is not a training checkpoint (it has no trainer_state.json); pass a step-* "
-                                  "directory written by Trainer.save_checkpoint, e.g. latest_checkpoint(root). "
-                                  "For sampling-only weights use Cascade.from_pretrained")
-        state = read_json(path / "trainer_state.json")
-        steps = state.get("steps") if isinstance(state, dict) else None
-        if not isinstance(steps, list) or len(steps) != self.cascade.num_stages:
-            raise CheckpointError(f"{path / 'trainer_state.json'} has no valid 'steps' list for "
-                                  f"{self.cascade.num_stages} stages (got {steps!r}); re-copy the checkpoint")
-        loaded = load_cascade(type(self.cascade), path / "cascade")
-        if loaded.config.to_dict() != self.cascade.config.to_dict():
-            where = _first_difference(loaded.config.to_dict(), self.cascade.config.to_dict())
-            raise CheckpointError(f"{path} was trained with a different cascade config ({where}); resume with the "
-                                  "same settings (or start a new --out directory)")
-        if loaded.ema_unets is None:
-            raise CheckpointError(f"{path / 'cascade'} has no stage*.ema.safetensors; re-copy the whole step-* directory")
-        device = self.cascade.device
-        blobs = []
-        for i in range(len(self.optimizers)):
-            f = path / f"optimizer{i}.pt"
-            try:
-                blob = torch.load(f, map_location=device, weights_only=True)  # tensors and plain containers only
-                blobs.append((blob["optimizer"], blob["scheduler"]))
-            except pickle.UnpicklingError as err:
-                raise CheckpointError(f"{f} was refused: it holds Python objects other than tensors and plain "
-                                      "containers, so it is not a file minimagen wrote (tampered?). Nothing in it "
-                                      "was run; delete it and resume from another step-* directory") from err
-            except Exception as err:  # noqa: BLE001 - re-raised with the file named
-                raise CheckpointError(f"{f} could not be read ({type(err).__name__}: {err}); resume from an earlier "
-                                      "step-* directory") from err
+        Everything is read and checked first; the trainer is changed only if the whole checkpoint is good."""
+        steps, loaded, blobs = checkpoint.read_training_checkpoint(path, self.cascade)
         self.cascade.unets.load_state_dict(loaded.unets.state_dict())
         self.cascade.ema_unets.load_state_dict(loaded.ema_unets.state_dict())
-        self.cascade.to(device)
-        cfg = self.config
-        for opt, sch, (opt_state, sch_state) in zip(self.optimizers, self.schedulers, blobs):
-            opt.load_state_dict(opt_state)
-            sch.load_state_dict(sch_state)
-            # Adam's moments and the step come from the checkpoint, the hyper-parameters from this TrainConfig: a
-            # resume with a lower learning_rate (the NaN-loss advice) must take effect. Unchanged settings give
-            # the same numbers, so resume stays exact.
-            sch.base_lrs = [cfg.learning_rate for _ in opt.param_groups]
-            lr = cfg.learning_rate * sch.lr_lambdas[0](sch.last_epoch)   # lr_k = lr * warmup(k), as LambdaLR does
-            for group in opt.param_groups:
-                group.update(initial_lr=cfg.learning_rate, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-        self.steps = [int(s) for s in steps]
+        self.cascade.to(self.cascade.device)
+        for opt, sch, states in zip(self.optimizers, self.schedulers, blobs):
+            _load_optimizer_state(opt, sch, states, self.config)
+        self.steps = steps
 
 
-def _first_difference(a, b, where: str = "config") -> str:
-    """'stages[0].unet.base_channels: 16 in the checkpoint, 32 here' for two nested config dicts."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b), key=str):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{where}.{key}")
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            if x != y:
-                return _first_difference(x, y, f"{where}[{i}]")
-    return f"{where}: {a!r} in the checkpoint, {b!r} here"
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, raw: torch.nn.Module, step: int, ema_decay: float) -> None:
+    """One EMA update after optimizer step `step` (0-based), with warm-up: decay_k = min(ema_decay, (1+k)/(10+k))."""
+    decay = min(ema_decay, (1 + step) / (10 + step))  # EMA warm-up
+    for p_ema, p in zip(ema.parameters(), raw.parameters()):
+        p_ema.lerp_(p, 1 - decay)                            # ema = decay * ema + (1 - decay) * p
+    for b_ema, b in zip(ema.buffers(), raw.buffers()):
+        b_ema.copy_(b)
 
 
-def _remove_dead_writers_temp_dirs(root: Path) -> None:
-    """Delete `.step-*.tmp-PID` folders whose writer was killed mid-save (never loaded, but checkpoint-sized)."""
-    if os.name != "posix":  # os.kill(pid, 0) only probes on POSIX; elsewhere leave them (they are harmless)
-        return
-    for tmp in root.glob(".step-*.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)  # signal 0: "does this process exist?"
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, owned by someone else
-
-
-def _step_dirs(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"step-\d{8}", p.name))
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete step-* directory under root (temporary, half-written ones are never listed)."""
-    dirs = _step_dirs(Path(root))
-    return dirs[-1] if dirs else None
-
-
+def _load_optimizer_state(opt, sch, states: tuple[dict, dict], cfg: TrainConfig) -> None:
+    """Adam's moments and the step come from the checkpoint, the hyper-parameters from this TrainConfig: a resume
+    with a lower learning_rate (the NaN-loss advice) must take effect. Unchanged settings give the same numbers,
+    so resume stays exact."""
+    opt.load_state_dict(states[0])
+    sch.load_state_dict(states[1])
+    sch.base_lrs = [cfg.learning_rate for _ in opt.param_groups]
+    lr = cfg.learning_rate * sch.lr_lambdas[0](sch.last_epoch)   # lr_k = lr * warmup(k), as LambdaLR does
+    for group in opt.param_groups:
+        group.update(initial_lr=cfg.learning_rate, lr=lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)

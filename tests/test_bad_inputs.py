@@ -85,7 +85,7 @@ def test_over_long_caption_is_truncated_with_a_warning_that_says_how_to_keep_it(
     (dict(num_inference_steps=1001), ValueError, ("num_inference_steps", "[1, 1000]")),
     (dict(num_inference_steps=2.5), ValueError, ("num_inference_steps", "an int")),
     (dict(num_inference_steps=True), ValueError, ("num_inference_steps", "an int")),
-    (dict(sampler="euler"), ValueError, ("sampler", "('ddpm', 'ddim')", "'euler'")),
+    (dict(sampler="plms"), ValueError, ("sampler", "'ddim'", "'ddpm'", "'plms'")),
     (dict(thresholding="clip"), ValueError, ("thresholding", "'dynamic'", "'clip'")),
     (dict(dynamic_thresholding_ratio=0.0), ValueError, ("dynamic_thresholding_ratio", "(0, 1]")),
     (dict(dynamic_thresholding_ratio=1.5), ValueError, ("dynamic_thresholding_ratio", "(0, 1]")),

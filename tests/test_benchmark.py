@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minimagen import benchmark
+from minimagen.tools import benchmark
 
 
 def test_cpu_flash_attention_flops_are_counted_with_the_attention_formula():

@@ -4,10 +4,9 @@ import math
 import pytest
 import torch
 
-from minimagen.cascade import Cascade, CascadeConfig, StageConfig
+from minimagen.cascade import Cascade, CascadeConfig, tiny_cascade_config
 from minimagen.checkpoint import CheckpointError
 from minimagen.conditioning import augmentation_schedule, downsample, prepare_lowres_condition
-from minimagen.networks.unet import unet_config
 from minimagen.text_encoder import load_text_encoder
 from minimagen.training import TrainConfig, Trainer, latest_checkpoint
 
@@ -20,16 +19,7 @@ def encoder():
 
 
 def tiny_config(encoder, sizes=SIZES, **stage_kwargs) -> CascadeConfig:
-    d = encoder.embed_dim
-    small = dict(base_channels=16, num_heads=2, head_dim=8, text_embed_dim=d)
-    stages = [StageConfig(unet_config("base-tiny", image_size=sizes[0], channel_mults=(1, 2), num_res_blocks=1,
-                                      attn_resolutions=(sizes[0] // 2,), cross_attn_resolutions=(sizes[0] // 2,),
-                                      **small), **stage_kwargs)]
-    for s in sizes[1:]:
-        stages.append(StageConfig(unet_config("sr-tiny", image_size=s, channel_mults=(1, 2), num_res_blocks=(1, 1),
-                                              attn_resolutions=(), cross_attn_resolutions=(s // 4,), **small),
-                                  **stage_kwargs))
-    return CascadeConfig(stages=stages, text_encoder="tiny-t5", text_embed_dim=d)
+    return tiny_cascade_config(sizes, text_encoder="tiny-t5", text_embed_dim=encoder.embed_dim, **stage_kwargs)
 
 
 def tiny_cascade(encoder, seed=0, **kw) -> Cascade:

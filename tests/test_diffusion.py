@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from minimagen.diffusion import (
-    NoiseSchedule, apply_thresholding, classifier_free_guidance, cosine_beta_schedule, ddim_step, ddpm_step,
-    dynamic_threshold, eps_from_x0, extract, linear_beta_schedule, posterior_mean_variance, q_sample,
+    NoiseSchedule, apply_thresholding, as_timesteps, classifier_free_guidance, cosine_beta_schedule, ddim_step,
+    ddpm_step, diffusion_loss, dynamic_threshold, min_snr_weight, eps_from_x0, extract, linear_beta_schedule, posterior_mean_variance, q_sample,
     sample_loop, static_threshold, training_target, v_from_x0_eps, x0_eps_from_model_output, x0_from_eps,
 )
 
@@ -96,7 +96,42 @@ def test_extract_gives_per_sample_values_broadcastable_in_input_dtype():
     out = extract(values, torch.tensor([0, 4, 9]), x)
     assert out.shape == (3, 1, 1, 1) and out.dtype == torch.float32
     assert out.flatten().tolist() == pytest.approx([0.0, 0.4, 0.9])
-    assert extract(values, 7, x).flatten().tolist() == pytest.approx([0.7] * 3)  # an int means every sample
+    t = as_timesteps(7, batch_size=3)  # an int means every sample; checked once, at the entry point
+    assert extract(values, t, x).flatten().tolist() == pytest.approx([0.7] * 3)
+
+
+def test_diffusion_loss_is_algorithm_1_mse_against_the_prediction_types_target():
+    abar = NoiseSchedule(10).alphas_cumprod
+    x0, noise, t = torch.rand(3, 1, 2, 2, dtype=F64) * 2 - 1, torch.randn(3, 1, 2, 2, dtype=F64), torch.tensor([0, 4, 9])
+    zero = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731 - predicts 0 whatever it is given
+    # epsilon: || eps - 0 ||^2 averaged over every element; sample: || x0 ||^2
+    assert float(diffusion_loss(zero, x0, abar, "epsilon", t=t, noise=noise)) == pytest.approx(float((noise ** 2).mean()))
+    assert float(diffusion_loss(zero, x0, abar, "sample", t=t, noise=noise)) == pytest.approx(float((x0 ** 2).mean()))
+    a = abar[t].sqrt().view(3, 1, 1, 1)
+    b = (1 - abar[t]).sqrt().view(3, 1, 1, 1)
+    v = a * noise - b * x0  # v = sqrt(abar) eps - sqrt(1 - abar) x0
+    assert float(diffusion_loss(zero, x0, abar, "v_prediction", t=t, noise=noise)) == pytest.approx(float((v ** 2).mean()))
+    # a model that undoes eq. 4 exactly has zero loss: eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar)
+    oracle = lambda x_t, tt: (x_t - abar[tt].sqrt().view(-1, 1, 1, 1) * x0) / (1 - abar[tt]).sqrt().view(-1, 1, 1, 1)  # noqa: E731
+    assert float(diffusion_loss(oracle, x0, abar, "epsilon", t=t, noise=noise)) == pytest.approx(0.0, abs=1e-20)
+    # t and eps drawn from the generator when not given: same seed, same loss
+    one = diffusion_loss(zero, x0, abar, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(one, diffusion_loss(zero, x0, abar, generator=torch.Generator().manual_seed(3)))
+
+
+def test_min_snr_weights_are_min_snr_gamma_in_each_prediction_space():
+    abar = NoiseSchedule(10).alphas_cumprod
+    t = torch.tensor([0, 5, 9])
+    snr = abar[t] / (1 - abar[t])  # SNR_t
+    for kind, expected in (("sample", snr.clamp(max=5)), ("epsilon", snr.clamp(max=5) / snr),
+                           ("v_prediction", snr.clamp(max=5) / (snr + 1))):
+        torch.testing.assert_close(min_snr_weight(t, abar, kind, 5.0), expected)
+    assert float(snr[0]) > 5 and float(min_snr_weight(t, abar, "epsilon", 5.0)[0]) == pytest.approx(5 / float(snr[0]))
+    x0, noise = torch.rand(3, 1, 2, 2, dtype=F64) * 2 - 1, torch.randn(3, 1, 2, 2, dtype=F64)
+    zero = lambda x_t, tt: torch.zeros_like(x_t)  # noqa: E731
+    weighted = diffusion_loss(zero, x0, abar, "epsilon", t=t, noise=noise, min_snr_gamma=5.0)
+    by_hand = (min_snr_weight(t, abar, "epsilon", 5.0) * (noise ** 2).flatten(1).mean(1)).mean()
+    assert float(weighted) == pytest.approx(float(by_hand), rel=1e-6)
 
 
 def test_q_sample_matches_ddpm_eq4_by_hand():
@@ -317,7 +352,9 @@ def test_bad_timesteps_raise_value_errors_naming_them():
     x = torch.zeros(2, 1)
     _raises("^t must", q_sample, x, 10, x, abar)
     _raises("^t must", q_sample, x, -1, x, abar)
-    _raises("^t must", extract, abar, torch.tensor([0.5, 1.0]), x)
+    _raises("^t must", q_sample, x, torch.tensor([0.5, 1.0]), x, abar)
+    _raises("^t must", as_timesteps, torch.tensor([0.5, 1.0]), 2)
+    _raises("^t must hold one timestep per sample", as_timesteps, torch.tensor([1, 2, 3]), 2)
     _raises("^t_prev must be < t", posterior_mean_variance, x, x, 5, 5, abar)
     _raises("^t_prev must be < t", ddim_step, x, x, x, torch.tensor([5, 5]), torch.tensor([4, 6]), abar)
     _raises("^t_prev must", ddpm_step, x, x, 5, -2, abar)
@@ -336,7 +373,7 @@ def test_bad_modes_and_weights_raise_value_errors_naming_them():
     _raises("eta", ddim_step, x, x, x, 5, 4, abar, eta=-0.1)
     _raises("guidance_scale", classifier_free_guidance, x, x, -1.0)
     s, model = NoiseSchedule(10), (lambda x_t, t: x_t)
-    _raises("sampler", sample_loop, model, x, s, 2, sampler="euler")
+    _raises("sampler", sample_loop, model, x, s, 2, sampler="plms")
     _raises("eta", sample_loop, model, x, s, 2, eta=2.0)
     _raises("prediction_type", sample_loop, model, x, s, 2, prediction_type="score")
     _raises("thresholding", sample_loop, model, x, s, 2, thresholding="soft")

@@ -66,7 +66,7 @@ def test_sampler_refuses_batches_it_cannot_split(num_items, batch, world, fragme
 def test_rank_rows_of_the_training_noise_reassemble_the_global_batch():
     cascade = Cascade(tiny_config(sizes=(8, 16)))
     for stage in (0, 1):
-        full = cascade.draw_training_noise(stage, 6, torch.Generator().manual_seed(0))
+        full = cascade.training_draws(stage, 6, torch.Generator().manual_seed(0))
         parts = [full.select(slice(r, None, 3)) for r in range(3)]
         rebuilt = torch.empty_like(full.noise)
         for r, part in enumerate(parts):

@@ -76,3 +76,67 @@ def test_settings_that_cannot_work_on_this_machine_are_refused_before_any_work(a
     proc = run_train_small(*args, "--out", str(tmp_path / "run"), "--device", "cpu")
     assert proc.returncode != 0 and fragment in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run" / "images").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--steps", "-5"), "--steps -5: every stage needs >= 1 step"),
+    (("--steps", "0"), "0 steps would sample an untrained cascade"),
+    (("--batch-size", "0"), "--batch-size must be >= 1"),
+    (("--stages", "0"), "--stages must lie in [1, 3]"),
+    (("--max-length", "1"), "--max-length must be >= 2"),
+    (("--checkpoint-every", "-1"), "--checkpoint-every must be >= 0"),
+    (("--data", "/no/such/folder"), "--data /no/such/folder: no such folder"),
+    (("--device", "cuda:0"), "sees no CUDA GPU"),
+    (("--resume",), "--resume: no checkpoint in"),
+], ids=["steps_negative", "steps_zero", "batch_zero", "stages_zero", "max_length_one", "checkpoint_every_negative",
+        "missing_data", "cuda_without_cuda", "resume_nothing"])
+def test_argument_errors_print_one_line_and_exit_2_like_argparse(args, fragment, tmp_path):
+    if "cuda" in " ".join(args):
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+    proc = run_train_small("--preset", "ci", "--out", str(tmp_path / "run"), *args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    proc = run_train_small("--preset", "ci", "--out", str(tmp_path / "taken"))
+    assert proc.returncode == 2 and "is a file; give a directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_with_other_stages_is_refused_before_data_preparation(ci_run):
+    out, _ = ci_run
+    proc = run_train_small("--preset", "ci", "--out", str(out), "--resume", "--stages", "2")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "resume with the same --preset and --stages" in proc.stderr and "data:" not in proc.stdout
+
+
+def test_resume_from_a_corrupt_newest_checkpoint_points_to_the_previous_one(tmp_path):
+    import shutil
+    from minimagen.cascade import Cascade
+    from minimagen.tools.run_presets import RUN_PRESETS, build_cascade_config
+    cascade = Cascade(build_cascade_config(RUN_PRESETS["ci"], text_embed_dim=384))
+    for step in ("step-00000010", "step-00000020"):
+        cascade.save_pretrained(tmp_path / "run" / "checkpoints" / step / "cascade")
+    (tmp_path / "run" / "checkpoints" / "step-00000020" / "cascade" / "config.json").write_text("{trunc")
+    proc = run_train_small("--preset", "ci", "--out", str(tmp_path / "run"), "--resume")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "step-00000010 may be intact" in proc.stderr and "move" in proc.stderr
+    shutil.rmtree(tmp_path / "run")
+
+
+def test_metrics_json_is_strict_json_without_bare_nan(ci_run):
+    out, proc = ci_run
+    text = (out / "metrics.json").read_text()
+    assert "NaN" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert "smoke test" in proc.stdout  # the ci preset says its ~0 % scores are expected
+
+
+def test_json_safe_replaces_non_finite_numbers_by_null():
+    from minimagen.tools.report import json_safe
+    assert json_safe({"a": [1.0, float("nan")], "b": {"c": float("inf")}, "d": "NaN"}) == \
+        {"a": [1.0, None], "b": {"c": None}, "d": "NaN"}

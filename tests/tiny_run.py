@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
-from minimagen.cascade import Cascade, CascadeConfig, StageConfig
-from minimagen.networks.configs import unet_config
-from minimagen import training
+from minimagen.cascade import Cascade, CascadeConfig, tiny_cascade_config
+from minimagen import checkpoint
 from minimagen.training import TrainConfig, Trainer, latest_checkpoint
 
 EMBED_DIM = 64  # width of "tiny-t5" tokens: CascadeConfig knows it offline, nothing is loaded
@@ -32,16 +31,8 @@ SIZES = (8, 16)
 
 
 def tiny_config(sizes=SIZES, **stage_kwargs) -> CascadeConfig:
-    """A cascade of ~50 k-parameter U-Nets at `sizes` (base first) for the "tiny-t5" text encoder."""
-    small = dict(base_channels=16, num_heads=2, head_dim=8, text_embed_dim=EMBED_DIM)
-    stages = [StageConfig(unet_config("base-tiny", image_size=sizes[0], channel_mults=(1, 2), num_res_blocks=1,
-                                      attn_resolutions=(sizes[0] // 2,), cross_attn_resolutions=(sizes[0] // 2,),
-                                      **small), **stage_kwargs)]
-    for s in sizes[1:]:
-        stages.append(StageConfig(unet_config("sr-tiny", image_size=s, channel_mults=(1, 2), num_res_blocks=(1, 1),
-                                              attn_resolutions=(), cross_attn_resolutions=(s // 4,), **small),
-                                  **stage_kwargs))
-    return CascadeConfig(stages=stages, text_encoder="tiny-t5", text_embed_dim=EMBED_DIM)
+    """The library's tiny cascade preset at `sizes` (base first) for the "tiny-t5" text encoder."""
+    return tiny_cascade_config(sizes, text_encoder="tiny-t5", text_embed_dim=EMBED_DIM, **stage_kwargs)
 
 
 def tiny_data(batch: int = 2, seed: int = 0):
@@ -88,14 +79,14 @@ def main() -> None:
 
     trainer_box = []
     if args.pause_in_save_at is not None:  # the test hook described in the module docstring
-        real_write_json = training.write_json
+        real_write_json = checkpoint.write_json
 
         def write_json_after_pausing(path, obj):
-            if trainer_box[0].steps[0] == args.pause_in_save_at:
+            if trainer_box[0].steps[0] == args.pause_in_save_at and path.name == "trainer_state.json":
                 (args.out / "paused-in-save").touch()
                 time.sleep(60)
             real_write_json(path, obj)
-        training.write_json = write_json_after_pausing
+        checkpoint.write_json = write_json_after_pausing
 
     interrupted = False
 

@@ -23,6 +23,12 @@ import dataclasses
 from dataclasses import dataclass
 
 
+def level_resolutions(image_size: int, num_levels: int, efficient: bool) -> tuple[int, ...]:
+    """Feature-map side of each level: image_size / 2**i (regular layout) or / 2**(i + 1) (efficient layout)."""
+    first = 1 if efficient else 0
+    return tuple(image_size // 2 ** (i + first) for i in range(num_levels))
+
+
 @dataclass(kw_only=True)
 class UNetConfig:
     image_size: int  # side of the square images it denoises (last SR stage: the crop size it trains on)
@@ -82,8 +88,7 @@ class UNetConfig:
     @property
     def level_resolutions(self) -> tuple[int, ...]:
         """Feature-map side of each level when the input is image_size x image_size."""
-        first = 1 if self.efficient else 0
-        return tuple(self.image_size // 2 ** (i + first) for i in range(self.num_levels))
+        return level_resolutions(self.image_size, self.num_levels, self.efficient)
 
     @property
     def emb_dim(self) -> int:
@@ -220,12 +225,27 @@ UNET_PRESET_NOTES: dict[str, str] = {
 }
 
 
-def unet_config(preset: str, **overrides) -> UNetConfig:
-    """A preset with fields replaced, e.g. unet_config("base-tiny", text_embed_dim=512); re-validated."""
+def unet_config(preset: str, attn_levels: tuple[int, ...] | None = None,
+                cross_attn_levels: tuple[int, ...] | None = None, **overrides) -> UNetConfig:
+    """A preset with fields replaced, e.g. unet_config("base-tiny", text_embed_dim=512); re-validated.
+
+    attn_levels / cross_attn_levels place attention by level index instead of by resolution (-1 = the lowest
+    resolution), so one setting fits a stage of any image_size; they replace attn_resolutions /
+    cross_attn_resolutions.
+    """
     if preset not in UNET_PRESETS:
         raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(UNET_PRESETS)}")
     known = {f.name for f in dataclasses.fields(UNetConfig)}
     unknown = set(overrides) - known
     if unknown:
         raise ValueError(f"unknown UNetConfig fields {sorted(unknown)} in overrides; known fields are {sorted(known)}")
+    merged = {**dataclasses.asdict(UNET_PRESETS[preset]), **overrides}
+    res = level_resolutions(merged["image_size"], len(merged["channel_mults"]), merged["efficient"])
+    for name, levels in (("attn_resolutions", attn_levels), ("cross_attn_resolutions", cross_attn_levels)):
+        if levels is not None:
+            try:
+                overrides[name] = tuple(res[i] for i in levels)  # level index -> that level's resolution
+            except IndexError:
+                raise ValueError(f"{name.replace('resolutions', 'levels')} {tuple(levels)} names a level this U-Net "
+                                 f"does not have (it has {len(res)}: 0..{len(res) - 1}, or -1..-{len(res)})") from None
     return dataclasses.replace(UNET_PRESETS[preset], **overrides)

@@ -5,10 +5,11 @@
 stand-in for FID and CLIP score: it asks "does the image follow its caption?" and answers with a number.
 `save_sample_grid` draws the prompts (rows) through the stages (columns), captions beside them.
 
-Contents: `score_samples`, `sample_captions`, `save_sample_grid`.
+Contents: `score_samples`, `sample_captions`, `save_sample_grid`, `json_safe`.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -88,3 +89,14 @@ def save_sample_grid(results: dict, path: str | Path, sizes=None, per_set: int =
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def json_safe(obj):
+    """obj with every float NaN/inf replaced by None: json.dumps writes bare NaN, which most JSON parsers refuse."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

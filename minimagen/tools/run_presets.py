@@ -54,9 +54,9 @@ class RunPreset:
                 "guidance_scale": list(self.guidance_scale[start_stage:end]),
                 "thresholding": list(self.thresholding[start_stage:end])}
 
-    def replace(self, stages: int | None = None, steps=None, batch_size: int | None = None,
-                text_encoder: str | None = None) -> "RunPreset":
-        """The command-line overrides of train_small.py."""
+    def with_overrides(self, stages: int | None = None, steps=None, batch_size: int | None = None,
+                       text_encoder: str | None = None, max_length: int | None = None) -> "RunPreset":
+        """The command-line overrides of train_small.py (None = keep the preset's), checked."""
         p = self
         if stages is not None:
             if not 1 <= stages <= len(p.sizes):
@@ -75,6 +75,10 @@ class RunPreset:
             p = dataclasses.replace(p, batch_size=batch_size)
         if text_encoder is not None:
             p = dataclasses.replace(p, text_encoder=text_encoder)
+        if max_length is not None:
+            if max_length < 2:
+                raise ValueError(f"--max-length must be >= 2 (room for the special tokens), got {max_length}")
+            p = dataclasses.replace(p, max_length=max_length)
         return p
 
 
@@ -106,12 +110,7 @@ def build_cascade_config(preset: RunPreset, text_embed_dim: int) -> CascadeConfi
     stages = []
     for i, (size, (name, overrides)) in enumerate(zip(preset.sizes, preset.unets)):
         trained = preset.crop_size if (i == len(preset.sizes) - 1 and i > 0 and preset.crop_size) else size
-        overrides = {**overrides, "image_size": trained, "text_embed_dim": text_embed_dim}
-        levels = {k: overrides.pop(k) for k in ("attn_levels", "cross_attn_levels") if k in overrides}
-        if levels:  # level indices -> resolutions at this stage's size
-            res = unet_config(name, **{**overrides, "attn_resolutions": (), "cross_attn_resolutions": ()}).level_resolutions
-            overrides.update({k.replace("levels", "resolutions"): tuple(res[i] for i in v) for k, v in levels.items()})
-        unet = unet_config(name, **overrides)
+        unet = unet_config(name, **{**overrides, "image_size": trained, "text_embed_dim": text_embed_dim})
         stages.append(StageConfig(unet=unet, image_size=size, prediction_type=preset.prediction_type,
                                   cond_drop_prob=preset.cond_drop_prob,
                                   train_noise_level_max=preset.train_noise_level_max,
