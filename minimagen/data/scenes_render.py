@@ -64,8 +64,8 @@ SPEC_CUT = {"key": 0.80, "back": 0.88}        # lobe(x) = clip((x - cut) / (1 - 
 FRESNEL = (0.14, 0.55)                        # f = F0 + F1 (1 - n . v)^3: share of the room mirrored
 HIGHLIGHT = np.array([0.96, 0.95, 0.92])      # the lights' colour seen in a highlight
 FLOOR_ALBEDO = np.array([0.76, 0.71, 0.64])   # warm grey
-WALL_ALBEDO = np.array([0.72, 0.74, 0.78])    # cool grey
-SHADOW_STRENGTH = 0.5                         # floor light lost at the centre of a shadow
+WALL_ALBEDO = np.array([0.60, 0.62, 0.67])    # cool grey
+SHADOW_STRENGTH = 0.6                         # floor light lost at the centre of a shadow
 MIN_RAYS = 128                                # supersample=None: at least this many rays across
 
 
@@ -116,7 +116,7 @@ def _background(image_size: int, supersample: int) -> np.ndarray:
     lx, ly, lz = KEY_LIGHT[0] - A, KEY_LIGHT[1] - y, KEY_LIGHT[2] - z
     dist = np.sqrt(lx * lx + ly * ly + lz * lz)
     normal_dot = np.where(floor, ly, lz) / dist                     # n = +y (floor), +z (wall)
-    light = 0.34 + 0.62 * normal_dot * 6.0 / dist                   # ambient + Lambert, soft 1/d falloff
+    light = 0.22 + 0.9 * normal_dot * (6.0 / dist) ** 1.5           # ambient + Lambert with a falloff
     corner = 1.0 - 0.22 * np.exp(-np.where(floor, z + WALL_Z, y) / 0.35)  # darker where floor meets wall
     tex = np.where(floor, _texture(A, z), 1.0 + 0.5 * (_texture(0.8 * A, 0.4 * y) - 1.0))
     albedo = np.where(floor[..., None], FLOOR_ALBEDO, WALL_ALBEDO)
