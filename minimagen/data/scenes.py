@@ -145,17 +145,20 @@ def caption_for(spec: SceneSpec, generator=None, wording: str = "train", typos=N
         return pick(WORDS[value][which] or WORDS[value][0])
 
     template = pick(TEMPLATES[len(spec.objects), wording])
-    nouns = []
+    nouns, articled = [], []
     for obj in spec.objects:
         w = {a: word(getattr(obj, a)) for a in ("size", "material", "color", "shape")}
+        order = pick(NOUN_ORDERS[wording])
+        article = _article(order.format(**w)).split(" ")[0]          # "a" / "an" of the correct spelling
         if typos is not None:
             key = ("size", "material", "color", "shape")[int(_numpy_rng(typos).integers(4))]
             w[key] = misspell(w[key], typos)
-        nouns.append(pick(NOUN_ORDERS[wording]).format(**w))
-    fields = {f"n{i}": n for i, n in enumerate(nouns)} | {f"o{i}": _article(n) for i, n in enumerate(nouns)}
-    for obj, noun in zip(spec.objects, nouns):
+        nouns.append(order.format(**w))
+        articled.append(f"{article} {nouns[-1]}")
+    fields = {f"n{i}": n for i, n in enumerate(nouns)} | {f"o{i}": a for i, a in enumerate(articled)}
+    for obj, noun in zip(spec.objects, articled):
         slot = obj.position[0].upper()                              # "L", "C" or "R"
-        fields[slot], fields["p" + slot] = _article(noun), word(obj.position)
+        fields[slot], fields["p" + slot] = noun, word(obj.position)
     fields["p0"] = word(spec.objects[0].position)
     if spec.relation is not None:
         fields["rel"], fields["inv"] = word(spec.relation), word(INVERSE[spec.relation])

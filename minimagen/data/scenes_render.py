@@ -348,7 +348,7 @@ def pixel_statistics(images) -> dict[str, float]:
     """Intensity statistics of images in [0, 1] ([N, 3, H, W] tensor/array or a list of [3, H, W]),
     after uint8 quantisation as training data stores them: fraction of values at exactly 0 or 255, mean
     and standard deviation of all values, and the 1st / 99th percentiles."""
-    x = np.concatenate([np.asarray(i, dtype=np.float64).ravel() for i in images])
+    x = np.concatenate([np.asarray(i, dtype=np.float64).ravel() for i in images] or [np.zeros(0)])
     if x.size == 0:
         raise ValueError("images is empty; pass at least one image")
     q = np.round(np.clip(x, 0.0, 1.0) * 255)                        # what prepare.py stores
