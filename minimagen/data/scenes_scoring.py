@@ -211,10 +211,11 @@ def match_scene(detections: list[dict], spec: SceneSpec) -> dict:
     "relation": bool or None (one-object spec), "count": bool, "all_correct": bool}."""
     objs = spec.objects
     best, best_score = [None] * len(objs), -1
-    for perm in itertools.permutations(range(len(detections)), min(len(objs), len(detections))):
-        score = sum(detections[j][a] == getattr(o, a) for o, j in zip(objs, perm) for a in ATTRIBUTES)
+    slots = [*range(len(detections)), *[None] * len(objs)]           # an object may stay unmatched
+    for perm in itertools.permutations(slots, len(objs)):
+        score = sum(j is not None and detections[j][a] == getattr(o, a) for o, j in zip(objs, perm) for a in ATTRIBUTES)
         if score > best_score:
-            best, best_score = [detections[j] for j in perm] + [None] * (len(objs) - len(perm)), score
+            best, best_score = [None if j is None else detections[j] for j in perm], score
     judged = [{a: m is not None and m[a] == getattr(o, a) for a in ATTRIBUTES} for o, m in zip(objs, best)]
     relation = None if spec.relation is None else _relation_holds(best, spec.relation)
     count = len(detections) == len(objs)
