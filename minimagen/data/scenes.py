@@ -12,11 +12,12 @@ the caption describes the picture completely. The objects of a scene have differ
 binding a colour to the wrong object is visible.
 
 Captions come from many templates and synonyms ("ball", "block", "glossy", "to the left of", ...),
-with varying adjective order and optional articles. Some are held out of training entirely
-(HELDOUT words such as "orb", "metallic", "on the left-hand side"; held-out templates such as "... can
-be seen on the left"): the "paraphrase" prompts use only those, a miniature of DrawBench's rare-words
-category, and "misspelled" prompts swap or drop a letter of attribute words. HELD_OUT (colour, shape)
-pairs never occur in split="train" ("single_heldout": new combinations of familiar words).
+with varying adjective order and optional articles. Some wordings never occur in training captions:
+the second half of every WORDS entry ("orb", "metallic", "on the left-hand side", ...) and the held-out
+TEMPLATES ("... can be seen on the left", recognisable by HELDOUT_TEMPLATE_MARKERS). The "paraphrase"
+prompts use only those (a miniature of DrawBench's rare-words category) and "misspelled" prompts swap or
+drop a letter of attribute words (its misspellings). HELD_OUT (colour, shape) pairs never occur in
+split="train" ("single_heldout": new combinations of familiar words).
 
 Map: specs (ObjectSpec, SceneSpec) -> wording (WORDS, TEMPLATES, caption_for, misspell) -> random_scene
 -> ScenesDataset -> fixed_prompts -> preview_grid. Rendering: scenes_render; scoring: scenes_scoring.

@@ -11,17 +11,22 @@ x = SLOT_X[slot]; a wall stands at z = -WALL_Z. Every pixel is supersample x sup
 (`supersample=None` picks enough that every image is cast with >= 128 x 128 rays, so a 16 px and a
 128 px render of one scene agree after box filtering). Each ray meets the floor or wall analytically and
 every object inside its own window (objects never overlap: the widest is SIZE_WIDTH["large"] = 0.92 <
-1 = the slot spacing). Shading of an object sample with albedo c (a COLORS entry):
+1 = the slot spacing). Shading of an object ray with albedo c (a COLORS entry) and unit normal n:
     D = AMBIENT + SKY * n_y + KEY * max(n . L, 0)          hemisphere ambient + Lambert (point light)
     s = shiny ? min(SPEC_KEY * lobe(n . H) + SPEC_BACK * lobe(n . H_back), SPEC_MAX) : 0
-    colour = (1 - s) * c * D + s * HIGHLIGHT                 a highlight blends towards near-white
-with H the half vector between the light and the view direction (Blinn-Phong) and lobe(x) =
-clip((x - cut) / (1 - cut), 0, 1)^2: a highlight with a clear edge. The back light gives flat tops (the
-cube's, the cylinder's cap) their own spot. A soft blob of shadow falls on the floor behind each object.
+    f = shiny ? (1 - s) (F0 + F1 (1 - n . v)^3) : 0          Fresnel-like share of the room mirrored
+    colour = (1 - s - f) * c * D + (s + f * env) * HIGHLIGHT
+with H the half vector between the light and the view direction v (Blinn-Phong), lobe(x) =
+clip((x - cut) / (1 - cut), 0, 1)^2 (a highlight with a clear edge) and env the brightness of the room
+in the mirror direction (floor below, wall above). The back light gives flat tops (the cube's, the
+cylinder's cap) their own spot; cube edges and the cylinder's rim are rounded (BEVEL), so they catch
+highlights too. A soft blob of shadow falls on the floor behind each object (smooth, so it is
+evaluated once per pixel); the empty room is cached per image size.
 
 `object_layers` returns one object's contribution split into the parts that are linear in its albedo;
 `scenes_scoring` fits them to an image. Map: vocabulary and geometry -> camera and background ->
-ray casts per shape -> shading -> object_samples / shadow_factor -> render_scene, object_layers.
+ray casts per shape -> shading -> object_pixels / shadow_factor -> render_scene, object_layers,
+pixel_statistics.
 """
 from __future__ import annotations
 
@@ -108,6 +113,7 @@ def _box_filter(samples: np.ndarray, supersample: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _background(image_size: int, supersample: int) -> np.ndarray:
+    """The empty room, [H, W, 3] float64: lit floor and wall, box-filtered over supersample^2 rays a pixel."""
     a, b = sample_grid(image_size, supersample)
     A, B = np.meshgrid(a, b)                                        # [n, n], rows = b
     floor = B < WALL_Z * SIN                                        # floor below the horizon b = 1.5
