@@ -263,7 +263,7 @@ distributed.cleanup()  # rank 0 samples alone
 
 # ----------------------------------------------------------------------------- sampling
 t0 = time.time()
-if args.data is None:  # captioned shapes: sample fixed prompt sets and score them against their specs
+if args.data is None:  # built-in data: sample fixed prompt sets and score them against their specs
     results = {name: score_samples(cascade, items, preset, seed=args.seed, keep_images=True)
                for name, items in prompt_sets(preset).items()}
 else:  # your own data has no ground truth to score: sample some of its captions to look at
@@ -287,7 +287,7 @@ for name, r in results.items():
     if not r["by_stage"]:
         continue
     a = r["by_stage"][final]
-    keys = ("color", "shape", "size", "position", "relation", "all_correct")
-    print(f"  {name:15s} final {preset.sizes[final]}px: " + ", ".join(f"{k} {a[k]:.0%}" for k in keys if a[k] == a[k]))
+    print(f"  {name:15s} final {preset.sizes[final]}px: " + ", ".join(f"{k} {v:.0%}" for k, v in a.items()
+                                                                       if isinstance(v, float) and v == v))
 if args.preset == "ci":
     print("  (the ci preset is a smoke test: a few dozen steps cannot learn the captions, so ~0 % is expected here)")

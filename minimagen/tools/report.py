@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.shapes_scoring import score_alignment
+from ..data.domains import load_domain
 
 
 @torch.no_grad()
@@ -24,7 +24,8 @@ def score_samples(cascade, items: list, preset=None, num_stages: int | None = No
 
     Returns {"by_stage": [scores of stage 0, 1, ...], "all": scores of the last stage run,
              "captions": [...], "specs": [...], "images": [[N, 3, s, s] per stage] (if keep_images)}.
-    Sampling settings come from `preset` (guidance_scale, num_inference_steps) unless given in sample_kwargs.
+    Sampling settings come from `preset` (guidance_scale, num_inference_steps) unless given in sample_kwargs;
+    the scorer is the preset's domain's (shapes when no preset is given).
     """
     captions = [c for c, _ in items]
     specs = [s for _, s in items]
@@ -42,6 +43,7 @@ def score_samples(cascade, items: list, preset=None, num_stages: int | None = No
                 per_stage.append([])
             per_stage[k].append(images)
     stage_images = [torch.cat(chunks) for chunks in per_stage]  # [N, 3, s, s] per stage
+    score_alignment = load_domain(getattr(preset, "domain", "shapes")).score_alignment
     by_stage = [score_alignment(images, specs) for images in stage_images]
     result = {"by_stage": by_stage, "all": by_stage[-1], "captions": captions, "specs": specs}
     if keep_images:

@@ -2,6 +2,7 @@
 
     ci       < 2 minutes on a 2-core CPU: a smoke test that every part of the pipeline runs (CI uses it)
     default  the out-of-the-box run: 3 stages on captioned shapes, about 20 minutes on a 2-core CPU
+    scenes   2 stages (16 -> 64 px) on the shaded 3-D scenes, about 40 minutes on a 2-core CPU
     gpu      the paper's 64 -> 256 -> 1024 cascade shape, narrowed to fit one ~24 GB GPU
 
 A preset names U-Net presets (`networks/configs.py`) plus overrides; `build_cascade_config` turns it into
@@ -45,6 +46,10 @@ class RunPreset:
     checkpoint_every: int = 500            # optimizer steps between checkpoints (per stage)
     num_eval_prompts: int = 24             # prompts per evaluation set
     cond_drop_prob: float = 0.1            # caption dropout for classifier-free guidance (paper: 10 %)
+    domain: str = "shapes"                 # built-in data when no --data folder: "shapes" or "scenes" (data/domains.py)
+    eval_sets: tuple[tuple[str, str], ...] = (("single_heldout", "single_heldout"), ("single_train", "single"),
+                                               ("two", "two"))  # (name, the domain's prompt kind) scored at the end
+    min_snr_gamma: float | None = None     # min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
     notes: str = field(default="", compare=False)
 
     def sampling_kwargs(self, num_stages: int | None = None, start_stage: int = 0) -> dict:
@@ -95,6 +100,12 @@ RUN_PRESETS: dict[str, RunPreset] = {
                     warmup_steps=10),
     "default": RunPreset(sizes=(16, 32, 128), unets=(_BASE, _SR, _SR), steps=(1500, 600, 500), batch_size=32,
                          crop_size=32, num_items=8000, num_inference_steps=(50, 20, 10)),
+    # shaded 3-D scenes (data/scenes.py): mid-tones where thresholding, guidance and noise augmentation matter
+    "scenes": RunPreset(sizes=(16, 64), unets=(_BASE, _SR), steps=(2500, 800), batch_size=32, crop_size=32,
+                        num_items=8000, max_objects=2, domain="scenes", num_inference_steps=(50, 20),
+                        guidance_scale=(3.0, 1.0), thresholding=("dynamic", "static"), num_eval_prompts=48,
+                        eval_sets=(("single_heldout", "single_heldout"), ("single_train", "single"), ("two", "two"),
+                                   ("paraphrase", "paraphrase"), ("misspelled", "misspelled"))),
     "gpu": RunPreset(
         sizes=(64, 256, 1024),
         unets=(("imagen-base-64", {"base_channels": 192, "text_embed_dim": 384}),
@@ -103,6 +114,10 @@ RUN_PRESETS: dict[str, RunPreset] = {
         steps=(100_000, 50_000, 50_000), batch_size=64, grad_accum_steps=4, learning_rate=1e-4, warmup_steps=1000,
         ema_decay=0.9999, crop_size=256, num_items=10_000, max_length=64, checkpoint_every=2000),
 }
+# the noise-augmentation ablation (notebook 06, Imagen Fig. A.11): the scenes SR stage trained WITHOUT augmentation
+# (every training level is 0); its base stage gets one step only: sample it with the scenes run's base stage
+RUN_PRESETS["scenes_noaug"] = dataclasses.replace(RUN_PRESETS["scenes"], steps=(1, 800), train_noise_level_max=1,
+                                                  sample_noise_level=0, num_eval_prompts=4)
 
 
 def build_cascade_config(preset: RunPreset, text_embed_dim: int) -> CascadeConfig:
@@ -115,17 +130,16 @@ def build_cascade_config(preset: RunPreset, text_embed_dim: int) -> CascadeConfi
                                   cond_drop_prob=preset.cond_drop_prob,
                                   train_noise_level_max=preset.train_noise_level_max,
                                   sample_noise_level=preset.sample_noise_level,
-                                  crop_size=trained if trained != size else None))
+                                  crop_size=trained if trained != size else None,
+                                  min_snr_gamma=preset.min_snr_gamma))
     return CascadeConfig(stages=stages, text_encoder=preset.text_encoder, text_embed_dim=text_embed_dim,
                          max_length=preset.max_length)
 
 
 def prompt_sets(preset: RunPreset) -> dict[str, list]:
-    """Evaluation prompts: (caption, SceneSpec) lists — held-out single objects, seen single objects, pairs."""
-    from ..data.shapes import fixed_prompts
-    n = preset.num_eval_prompts
-    sets = {"single_heldout": fixed_prompts("single_heldout", n=n, seed=0),
-            "single_train": fixed_prompts("single", n=n, seed=1)}
-    if preset.max_objects >= 2:
-        sets["two"] = fixed_prompts("two", n=n, seed=2)
-    return sets
+    """Evaluation prompts of the preset's domain: {set name: [(caption, spec)]}; set i uses seed i."""
+    from ..data.domains import load_domain
+    domain = load_domain(preset.domain)
+    return {name: domain.fixed_prompts(kind, n=preset.num_eval_prompts, seed=i)
+            for i, (name, kind) in enumerate(preset.eval_sets) if kind == "single" or "two" not in kind
+            or preset.max_objects >= 2}
