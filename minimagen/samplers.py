@@ -1,9 +1,9 @@
 """Faster samplers: DPM-Solver++(2M) and Karras et al.'s Euler / Heun on the EDM sigma schedule.
 
-DDIM (diffusion.py) needs 50-250 network evaluations (NFE) for a good image; these second-order solvers of the
-same probability-flow ODE get there in 10-25. Every one of them only needs the *data prediction*
-x0 = denoise(x_t, t), already guided (classifier-free guidance) and thresholded, which is why they combine with
-Imagen's tricks: DPM-Solver++ (Lu et al. 2022) was designed for guided sampling with thresholding.
+DDIM (diffusion.py) needs 50-250 network evaluations (NFE) for a good image; these solvers of the same
+probability-flow ODE aim at 10-25. Each only needs the *data prediction* x0 = denoise(x_t, t), already guided
+(classifier-free guidance) and thresholded, so Imagen's tricks carry over: DPM-Solver++ (Lu et al. 2022) was
+designed for guided sampling with thresholding.
 
 Two coordinate systems for the same noisy image (both used below, the conversion is explicit):
     VP  (DDPM, what the U-Nets see):  x_t   = alpha x_0 + sigma_vp eps,   alpha = sqrt(abar), sigma_vp = sqrt(1 - abar)
@@ -15,11 +15,11 @@ schedule's integer timesteps (EDM App. C.3.4 / k-diffusion's discrete wrapper do
 
 Interface.  denoise(x_t, t) -> x0: x_t (B, C, H, W) in VP space, t float (B,) (float64; float32 on MPS) in [0, T-1].
 make_denoiser() builds it from a model_fn(x_t, t) in any prediction space (+ thresholding). The loops:
-    dpmpp_2m_sample   timesteps of NoiseSchedule.inference_timesteps (trailing); solver_order=1 is DDIM (eta = 0)
+    dpmpp_2m_sample   DDIM's trailing timesteps (solver_order=1 is DDIM, eta = 0) or Karras sigmas
     karras_sample     method "euler" | "heun" on karras_sigmas; s_churn > 0 adds EDM Algorithm 2's noise
-NFE (network evaluations, a CFG pair counted as one batched call): nfe(sampler, num_inference_steps).
-Map: sigma <-> t conversions -> make_denoiser -> dpmpp_2m_step, dpmpp_2m_sample -> karras_sigmas, euler_step,
-heun_step, churn -> karras_sample -> nfe.
+    run_sampler       one of SAMPLERS by name; nfe(sampler, n) = network evaluations (a CFG pair counts once)
+Map: sigma <-> t -> make_denoiser -> karras_sigmas -> dpmpp_2m_step, dpmpp_2m_sample -> euler_step, heun_step,
+churn, karras_sample -> run_sampler, nfe.
 """
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ from torch import Tensor
 
 from .diffusion import THRESHOLDING_MODES, NoiseSchedule, apply_thresholding, canonical_prediction_type
 
-SAMPLERS = ("dpmpp_2m", "euler", "heun")
+SAMPLERS = ("dpmpp_2m", "dpmpp_2m_karras", "euler", "heun")  # names for run_sampler (and sample_loop's sampler=)
 KARRAS_METHODS = ("euler", "heun")
+EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0  # Karras et al. 2022, Table 1 ("ours", for VP models too)
 Denoise = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, ...), t float (B,)) -> x0 (B, ...), guided and thresholded
 Callback = Callable[[int, float, Tensor, Tensor], None]  # (step_index, t, x_t, x0_pred), x_t in VP space
 
@@ -129,70 +130,7 @@ def _progress(steps, progress: bool | str, name: str):
     return tqdm(steps, desc=progress if isinstance(progress, str) else name, leave=False)
 
 
-# ------------------------------------------------------------------------------ DPM-Solver++(2M)
-def _abar(alphas_cumprod: Tensor, t: int) -> float:
-    return 1.0 if t == -1 else float(alphas_cumprod[t])  # abar_{-1} = 1: the clean image
-
-
-def _lambda(abar: float) -> float:
-    return 0.5 * (math.log(abar) - math.log1p(-abar)) if abar < 1 else math.inf  # lambda = log(alpha / sigma_vp)
-
-
-def dpmpp_2m_step(x0: Tensor, x_t: Tensor, t: int, t_prev: int, alphas_cumprod: Tensor,
-                  x0_last: Tensor | None = None, t_last: int | None = None) -> Tensor:
-    """One DPM-Solver++ step from t to t_prev < t (Lu et al. 2022, Algorithm 2), in VP space, ints t.
-
-    x0 = denoise(x_t, t); x0_last = the prediction at the previous, noisier timestep t_last > t (None: the
-    first-order step, DPM-Solver++(1), which is DDIM with eta = 0). Paper's indices: t_{i-2} = t_last,
-    t_{i-1} = t, t_i = t_prev. The second-order step is undefined when landing on t_prev = -1 (lambda = inf).
-    """
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (t, t_prev)) or not -1 <= t_prev < t:
-        raise ValueError(f"t and t_prev must be ints with -1 <= t_prev < t, got t={t!r}, t_prev={t_prev!r}")
-    abar_t, abar_p = _abar(alphas_cumprod, t), _abar(alphas_cumprod, t_prev)
-    h = _lambda(abar_p) - _lambda(abar_t)  # h_i = lambda_{t_i} - lambda_{t_{i-1}}
-    ratio = math.sqrt((1 - abar_p) / (1 - abar_t))  # sigma_{t_i} / sigma_{t_{i-1}}   (VP sigmas)
-    coef = math.sqrt(abar_p) * -math.expm1(-h)  # -alpha_{t_i} (e^{-h_i} - 1)
-    if (x0_last is None) != (t_last is None):
-        raise ValueError("pass x0_last and t_last together (second order) or neither (first order)")
-    if x0_last is None:
-        return ratio * x_t + coef * x0  # x_{t_i} = (sigma_{t_i}/sigma_{t_{i-1}}) x - alpha_{t_i} (e^{-h} - 1) x0
-    if t_prev == -1:
-        raise ValueError("the step to t_prev = -1 must be first order (h = inf there): pass x0_last=None")
-    if not isinstance(t_last, int) or not t < t_last < len(alphas_cumprod):
-        raise ValueError(f"t_last must be an int in ({t}, {len(alphas_cumprod) - 1}], got {t_last!r}")
-    r = (_lambda(abar_t) - _lambda(_abar(alphas_cumprod, t_last))) / h  # r_i = h_{i-1} / h_i
-    D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_last  # D_i = (1 + 1/(2 r_i)) x0_{i-1} - 1/(2 r_i) x0_{i-2}
-    return ratio * x_t + coef * D  # x_{t_i} = (sigma_{t_i}/sigma_{t_{i-1}}) x - alpha_{t_i} (e^{-h_i} - 1) D_i
-
-
-@torch.no_grad()
-def dpmpp_2m_sample(denoise: Denoise, x_T: Tensor, schedule: NoiseSchedule, num_inference_steps: int, *,
-                    solver_order: int = 2, callback: Callback | None = None, progress: bool | str = False) -> Tensor:
-    """DPM-Solver++(2M) from x_T ~ N(0, I) at t = T-1 to x_0 in num_inference_steps denoise calls (NFE = steps).
-
-    Timesteps: schedule.inference_timesteps (trailing), the same DDIM visits. The first step has no history and
-    the last one lands on t = -1, where only the first-order step is defined (it returns that step's x0, as DDIM
-    does): so the solver is second order on steps 2..n-1 ("lower order final" is therefore always on).
-    solver_order=1: every step first order (= DDIM, eta = 0). callback(i, t, x_t, x0_pred), t an int.
-    """
-    _check_steps(num_inference_steps, schedule)
-    if solver_order not in (1, 2):
-        raise ValueError(f"solver_order must be 1 (= DDIM) or 2 (DPM-Solver++(2M)), got {solver_order!r}")
-    abar = schedule.alphas_cumprod
-    timesteps = schedule.inference_timesteps(num_inference_steps).tolist()  # e.g. [999, 749, 499, 249]
-    steps = list(zip(timesteps, timesteps[1:] + [-1]))  # (t, t_prev) pairs, the last lands on t = -1
-    x, x0_last, t_last = x_T, None, None
-    for i, (t, t_prev) in enumerate(_progress(steps, progress, "DPM-Solver++(2M)")):
-        x0 = denoise(x, torch.full((x.shape[0],), t, dtype=_time_dtype(x), device=x.device))  # t as float (B,)
-        if callback is not None:
-            callback(i, t, x, x0)
-        second = solver_order == 2 and x0_last is not None and t_prev != -1
-        x = dpmpp_2m_step(x0, x, t, t_prev, abar, x0_last if second else None, t_last if second else None)
-        x0_last, t_last = x0, t
-    return x
-
-
-# ------------------------------------------------------------------------ Karras et al. (EDM) samplers
+# ------------------------------------------------------------------------------ Karras sigmas
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
     """EDM eq. 5: sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, sigma_n = 0.
 
@@ -212,6 +150,82 @@ def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) 
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])  # (n+1,) sigma_n = 0
 
 
+def default_sigma_range(schedule: NoiseSchedule) -> tuple[float, float]:
+    """(sigma_min, sigma_max) for karras_sigmas: EDM's [0.002, 80] clipped to the schedule's [sigma_0, sigma_{T-1}].
+
+    Not the schedule's own sigma_{T-1}: the cosine schedule's beta cap puts it at ~2e4 (abar_999 = 2.4e-9), and
+    rho = 7 would then spend most steps far above sigma = 80, where x_t is noise whatever the image.
+    """
+    sig = schedule_sigmas(schedule)
+    return max(EDM_SIGMA_MIN, sig[0].item()), min(EDM_SIGMA_MAX, sig[-1].item())
+
+
+# ------------------------------------------------------------------------------ DPM-Solver++(2M)
+def dpmpp_2m_step(x0: Tensor, x: Tensor, sigma: float, sigma_next: float, x0_last: Tensor | None = None,
+                  sigma_last: float | None = None) -> Tensor:
+    """One DPM-Solver++ step (Lu et al. 2022, Algorithm 2) of x (VP space) from noise level sigma to sigma_next.
+
+    Noise levels are EDM sigmas (t_to_sigma; sigma_next = 0 is the clean image), so lambda = -log(sigma).
+    x0 = denoise(x, t(sigma)); x0_last = the prediction at the previous, noisier level sigma_last > sigma (None:
+    first order, DPM-Solver++(1), which is DDIM with eta = 0). The paper's t_{i-2}, t_{i-1}, t_i are sigma_last,
+    sigma, sigma_next here. Second order is undefined when landing on sigma_next = 0 (h = inf there).
+    """
+    if not sigma > sigma_next >= 0:
+        raise ValueError(f"need sigma > sigma_next >= 0 (sampling goes from noisy to clean), got sigma={sigma}, "
+                         f"sigma_next={sigma_next}")
+    if (x0_last is None) != (sigma_last is None):
+        raise ValueError("pass x0_last and sigma_last together (second order) or neither (first order)")
+    alpha_next = 1 / math.sqrt(1 + sigma_next**2)  # alpha_{t_i} = sqrt(abar) = 1 / sqrt(1 + sigma^2)
+    ratio = sigma_next / sigma * math.sqrt((1 + sigma**2) / (1 + sigma_next**2))  # sigma_vp_{t_i} / sigma_vp_{t_{i-1}}
+    coef = alpha_next * (1 - sigma_next / sigma)  # -alpha_{t_i} (e^{-h_i} - 1), e^{-h_i} = sigma_next / sigma
+    if x0_last is None:
+        return ratio * x + coef * x0  # x_{t_i} = (sigma_{t_i}/sigma_{t_{i-1}}) x - alpha_{t_i} (e^{-h_i} - 1) x0
+    if sigma_next == 0:
+        raise ValueError("the step to sigma_next = 0 must be first order (h = inf there): pass x0_last=None")
+    if not sigma_last > sigma:
+        raise ValueError(f"sigma_last must be > sigma (the previous, noisier level), got {sigma_last} <= {sigma}")
+    r = math.log(sigma_last / sigma) / math.log(sigma / sigma_next)  # r_i = h_{i-1} / h_i, h = lambda' - lambda
+    D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_last  # D_i = (1 + 1/(2 r_i)) x0_{i-1} - 1/(2 r_i) x0_{i-2}
+    return ratio * x + coef * D  # x_{t_i} = (sigma_{t_i}/sigma_{t_{i-1}}) x - alpha_{t_i} (e^{-h_i} - 1) D_i
+
+
+@torch.no_grad()
+def dpmpp_2m_sample(denoise: Denoise, x_T: Tensor, schedule: NoiseSchedule, num_inference_steps: int, *,
+                    solver_order: int = 2, timestep_spacing: str = "trailing", rho: float = 7.0,
+                    callback: Callback | None = None, progress: bool | str = False) -> Tensor:
+    """DPM-Solver++(2M) from x_T ~ N(0, I) to x_0 in num_inference_steps denoise calls (NFE = steps).
+
+    timestep_spacing "trailing": schedule.inference_timesteps, the integer timesteps DDIM visits (from T-1);
+    "karras": karras_sigmas(n, *default_sigma_range, rho), fractional timesteps ("DPM++ 2M Karras").
+    The first step has no history and the last one lands on the clean image, where only the first-order step is
+    defined (it returns that step's x0, as DDIM does), so steps 2..n-1 are second order ("lower order final" is
+    always on). solver_order=1: every step first order (= DDIM with eta = 0 on the same timesteps).
+    callback(i, t, x_t, x0_pred): t an int ("trailing") or a float ("karras").
+    """
+    _check_steps(num_inference_steps, schedule)
+    if solver_order not in (1, 2):
+        raise ValueError(f"solver_order must be 1 (= DDIM) or 2 (DPM-Solver++(2M)), got {solver_order!r}")
+    if timestep_spacing == "trailing":
+        timesteps = schedule.inference_timesteps(num_inference_steps).tolist()  # e.g. [999, 749, 499, 249]
+        sigmas = schedule_sigmas(schedule)[timesteps].tolist() + [0.0]  # (n + 1,), exact at integer t
+    elif timestep_spacing == "karras":
+        sigmas = karras_sigmas(num_inference_steps, *default_sigma_range(schedule), rho).tolist()
+        timesteps = sigma_to_t(sigmas[:-1], schedule).tolist()  # fractional
+    else:
+        raise ValueError(f"timestep_spacing must be 'trailing' or 'karras', got {timestep_spacing!r}")
+    x, x0_last, sigma_last = x_T, None, None
+    for i in _progress(range(num_inference_steps), progress, "DPM-Solver++(2M)"):
+        t, sigma, sigma_next = timesteps[i], sigmas[i], sigmas[i + 1]
+        x0 = denoise(x, torch.full((x.shape[0],), t, dtype=_time_dtype(x), device=x.device))  # t as float (B,)
+        if callback is not None:
+            callback(i, t, x, x0)
+        second = solver_order == 2 and x0_last is not None and sigma_next > 0
+        x = dpmpp_2m_step(x0, x, sigma, sigma_next, *((x0_last, sigma_last) if second else (None, None)))
+        x0_last, sigma_last = x0, sigma
+    return x
+
+
+# ------------------------------------------------------------------------ Karras et al. (EDM) samplers
 def edm_derivative(x: Tensor, x0: Tensor, sigma: float) -> Tensor:
     return (x - x0) / sigma  # d = dx/dsigma = (x - D(x; sigma)) / sigma   (EDM Algorithm 1, line 4)
 
@@ -242,8 +256,8 @@ def karras_sample(denoise: Denoise, x_T: Tensor, schedule: NoiseSchedule, num_in
     """Euler or Heun (Karras et al. 2022, Algorithms 1-2) on karras_sigmas, from x_T ~ N(0, I) (VP) to x_0.
 
     num_inference_steps = n sigmas > 0, then sigma_n = 0; NFE: Euler n, Heun 2n - 1 (no correction on the
-    last step, to sigma = 0, EDM Algorithm 1 line 6). sigma_min/sigma_max default to the schedule's
-    sigma_0 / sigma_{T-1} (the range the network was trained on). The loop runs in EDM space:
+    last step, to sigma = 0, EDM Algorithm 1 line 6). sigma_min/sigma_max: default_sigma_range(schedule), and
+    within the schedule's [sigma_0, sigma_{T-1}] (the noise levels it was trained on). The loop runs in EDM space:
     x_edm = x_vp * sqrt(1 + sigma^2) at the start, and denoise sees x_vp = x_edm / sqrt(1 + sigma^2), t(sigma).
     s_churn > 0: Algorithm 2's stochastic sampler; gamma_i = min(s_churn/n, sqrt(2) - 1) for sigma_i in
     [s_tmin, s_tmax], further capped so sigma_hat never exceeds the schedule's sigma_{T-1}; noise from
@@ -260,7 +274,9 @@ def karras_sample(denoise: Denoise, x_T: Tensor, schedule: NoiseSchedule, num_in
         raise ValueError(f"s_tmin must be <= s_tmax (the sigma range where churn applies), got {s_tmin}, {s_tmax}")
     all_sigmas = schedule_sigmas(schedule)
     lo, hi = all_sigmas[0].item(), all_sigmas[-1].item()
-    sigma_min, sigma_max = lo if sigma_min is None else sigma_min, hi if sigma_max is None else sigma_max
+    default_min, default_max = default_sigma_range(schedule)
+    sigma_min = default_min if sigma_min is None else sigma_min
+    sigma_max = default_max if sigma_max is None else sigma_max
     for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
         if not lo * (1 - 1e-12) <= value <= hi * (1 + 1e-12):
             raise ValueError(f"{name}={value} is outside the schedule's sigma range [{lo:.6g}, {hi:.6g}]; the "
@@ -274,7 +290,7 @@ def karras_sample(denoise: Denoise, x_T: Tensor, schedule: NoiseSchedule, num_in
         t = sigma_to_t(sigma, schedule).item()
         return denoise(x_vp, torch.full((batch,), t, dtype=_time_dtype(x_vp), device=x_vp.device)), x_vp, t
 
-    x = x_T * math.sqrt(1 + sigmas[0] ** 2)  # x_edm at sigma_max: x_T / sqrt(abar_{T-1})
+    x = x_T * math.sqrt(1 + sigmas[0] ** 2)  # x_edm = x_vp / sqrt(abar(sigma_max))
     for i in _progress(range(n), progress, f"Karras {method}"):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0  # EDM Algorithm 2, line 4
@@ -293,14 +309,29 @@ def karras_sample(denoise: Denoise, x_T: Tensor, schedule: NoiseSchedule, num_in
     return x  # sigma_n = 0: EDM and VP space coincide
 
 
+def run_sampler(sampler: str, denoise: Denoise, x_T: Tensor, schedule: NoiseSchedule, num_inference_steps: int,
+                *, generator: torch.Generator | None = None, callback: Callback | None = None,
+                progress: bool | str = False) -> Tensor:
+    """Dispatch by name (SAMPLERS), each with its defaults: "dpmpp_2m" (trailing timesteps), "dpmpp_2m_karras",
+    "euler", "heun" (deterministic; generator unused unless churn is asked for through karras_sample)."""
+    if sampler in ("dpmpp_2m", "dpmpp_2m_karras"):
+        spacing = "karras" if sampler == "dpmpp_2m_karras" else "trailing"
+        return dpmpp_2m_sample(denoise, x_T, schedule, num_inference_steps, timestep_spacing=spacing,
+                               callback=callback, progress=progress)
+    if sampler in KARRAS_METHODS:
+        return karras_sample(denoise, x_T, schedule, num_inference_steps, method=sampler, generator=generator,
+                             callback=callback, progress=progress)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
 def nfe(sampler: str, num_inference_steps: int) -> int:
     """Network evaluations per image (one classifier-free-guidance pair = one batched evaluation).
 
-    ddpm, ddim, dpmpp_2m, euler: n. heun: 2n - 1 (two per step, one on the last step to sigma = 0).
+    ddpm, ddim, dpmpp_2m(_karras), euler: n. heun: 2n - 1 (two per step, one on the last step to sigma = 0).
     """
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}")
-    if sampler in ("ddpm", "ddim", "dpmpp_2m", "euler"):
+    if sampler in ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler"):
         return num_inference_steps
     if sampler == "heun":
         return 2 * num_inference_steps - 1

@@ -15,8 +15,8 @@ from minimagen.diffusion import (
     x0_eps_from_model_output,
 )
 from minimagen.samplers import (
-    dpmpp_2m_sample, dpmpp_2m_step, euler_step, karras_sample, karras_sigmas, make_denoiser, nfe, schedule_sigmas,
-    sigma_to_t, t_to_sigma, x0_from_model_output,
+    SAMPLERS, default_sigma_range, dpmpp_2m_sample, dpmpp_2m_step, euler_step, karras_sample, karras_sigmas,
+    make_denoiser, nfe, run_sampler, schedule_sigmas, sigma_to_t, t_to_sigma, x0_from_model_output,
 )
 
 F64 = torch.float64
@@ -39,6 +39,16 @@ def _abar_at(t, s: NoiseSchedule) -> np.ndarray:
 def _t_of_sigma(sigma: float, s: NoiseSchedule) -> float:
     abar = s.alphas_cumprod.numpy()
     return float(np.interp(math.log(sigma), 0.5 * np.log((1 - abar) / abar), np.arange(len(abar))))
+
+
+def _reference_karras_sigmas(n, s, rho=7.0):
+    """EDM eq. 5 over EDM's [0.002, 80] clipped to the schedule's sigma range, plus sigma_n = 0."""
+    sig = (s.alphas_cumprod.numpy() ** -1 - 1) ** 0.5
+    smin, smax = max(0.002, sig[0]), min(80.0, sig[-1])
+    sigmas = [(smax ** (1 / rho) + (i / (n - 1) if n > 1 else 0) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+              for i in range(n)] + [0.0]
+    sigmas[0], sigmas[n - 1] = smax, smin if n > 1 else smax  # eq. 5 at i = 0 and n - 1, without rounding
+    return sigmas
 
 
 def _linear_denoiser(T):
@@ -68,6 +78,14 @@ def test_fractional_timestep_is_geometric_mean_of_neighbouring_sigmas():
     assert t_to_sigma(500.5, s).item() == pytest.approx(math.sqrt(sig[500] * sig[501]), rel=1e-12)
     assert t_to_sigma(10.25, s).item() == pytest.approx(sig[10].item() ** 0.75 * sig[11].item() ** 0.25, rel=1e-12)
     assert sigma_to_t(math.sqrt(sig[500] * sig[501]), s).item() == pytest.approx(500.5, abs=1e-9)
+
+
+def test_default_karras_range_is_edm_range_clipped_to_the_schedule():
+    cosine, linear100 = SCHEDULES
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731  (cosine schedule)
+    abar_0 = f(1) / f(0)  # sigma_0 = sqrt((1 - abar_0) / abar_0) = 0.0064 > 0.002; sigma_999 ~ 2e4 > 80
+    assert default_sigma_range(cosine) == pytest.approx((math.sqrt((1 - abar_0) / abar_0), 80.0), rel=1e-9)
+    assert default_sigma_range(linear100)[0] == pytest.approx(math.sqrt(1e-3 / (1 - 1e-3)))  # beta_0 = 1e-4 * 10
 
 
 def test_karras_sigmas_for_n3_by_hand():
@@ -100,6 +118,7 @@ def _oracle_model(x0, s, prediction_type):
 
 SAMPLER_RUNS = {
     "dpmpp_2m": lambda d, x, s, n, **kw: dpmpp_2m_sample(d, x, s, n, **kw),
+    "dpmpp_2m_karras": lambda d, x, s, n, **kw: dpmpp_2m_sample(d, x, s, n, timestep_spacing="karras", **kw),
     "euler": lambda d, x, s, n, **kw: karras_sample(d, x, s, n, method="euler", **kw),
     "heun": lambda d, x, s, n, **kw: karras_sample(d, x, s, n, method="heun", **kw),
     "heun_churn": lambda d, x, s, n, **kw: karras_sample(d, x, s, n, method="heun", s_churn=5.0,
@@ -135,8 +154,9 @@ def test_guided_denoiser_returns_the_guided_data_prediction():
 def test_first_order_dpmpp_step_equals_ddim_eta0_step(t, t_prev):
     abar = NoiseSchedule(1000).alphas_cumprod
     x0, x_t = _data(5)
+    sigma = lambda t: 0.0 if t == -1 else math.sqrt((1 - abar[t]) / abar[t])  # noqa: E731
     ddim = ddim_step(x0, eps_from_x0(x_t, t, x0, abar), x_t, t, t_prev, abar, eta=0.0)
-    assert torch.allclose(dpmpp_2m_step(x0, x_t, t, t_prev, abar), ddim, atol=1e-10)
+    assert torch.allclose(dpmpp_2m_step(x0, x_t, sigma(t), sigma(t_prev)), ddim, atol=1e-10)
 
 
 @pytest.mark.parametrize("num_inference_steps", [1, 4, 25])
@@ -169,40 +189,35 @@ def test_euler_in_edm_space_between_schedule_points_equals_ddim():
 
 
 # ------------------------------------------------------------------------------ plain references
-def _reference_dpmpp_2m(denoise, x_T, s, n):
-    """Lu et al. 2022, Algorithm 2, written out with Python floats; t = -1 is alpha = 1, sigma = 0."""
-    T = s.num_train_timesteps
-    abar = lambda t: 1.0 if t == -1 else s.alphas_cumprod[t].item()  # noqa: E731
-    lam = lambda t: math.inf if t == -1 else math.log(math.sqrt(abar(t)) / math.sqrt(1 - abar(t)))  # noqa: E731
-    ts = [T - 1 - (i * T) // n for i in range(n)] + [-1]
+def _reference_dpmpp_2m(denoise, x_T, ts, abars):
+    """Lu et al. 2022, Algorithm 2, with Python floats: n timesteps ts, n + 1 abars (the last 1: the clean image)."""
+    alpha = [math.sqrt(a) for a in abars]
+    sigma = [math.sqrt(1 - a) for a in abars]
+    lam = [math.log(a / s) if s > 0 else math.inf for a, s in zip(alpha, sigma)]  # lambda = log(alpha / sigma)
     x, preds = x_T, []
-    for i in range(n):
-        t, t_next = ts[i], ts[i + 1]
-        preds.append(denoise(x, torch.full((x.shape[0],), float(t), dtype=F64)))
-        h = lam(t_next) - lam(t)
-        if i == 0 or t_next == -1:
+    for i in range(len(ts)):
+        preds.append(denoise(x, torch.full((x.shape[0],), float(ts[i]), dtype=F64)))
+        h = lam[i + 1] - lam[i]
+        if i == 0 or sigma[i + 1] == 0:
             D = preds[-1]
         else:
-            r = (lam(t) - lam(ts[i - 1])) / h
+            r = (lam[i] - lam[i - 1]) / h
             D = (1 + 1 / (2 * r)) * preds[-1] - 1 / (2 * r) * preds[-2]
-        x = math.sqrt(1 - abar(t_next)) / math.sqrt(1 - abar(t)) * x - math.sqrt(abar(t_next)) * (math.exp(-h) - 1) * D
+        x = sigma[i + 1] / sigma[i] * x - alpha[i + 1] * (math.exp(-h) - 1) * D
     return x
 
 
 def _reference_karras(denoise, x_T, s, n, heun, s_churn=0.0, generator=None, rho=7.0):
     """Karras et al. 2022: eq. 5 sigmas, Algorithm 2 (Algorithm 1 when s_churn = 0), in EDM space."""
-    sig = (s.alphas_cumprod.numpy() ** -1 - 1) ** 0.5
-    smin, smax = sig[0], sig[-1]
-    sigmas = [(smax ** (1 / rho) + (i / (n - 1) if n > 1 else 0) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-              for i in range(n)] + [0.0]
-    sigmas[0], sigmas[n - 1] = smax, smin if n > 1 else smax  # eq. 5 at i = 0 and n - 1, without rounding
+    sigmas = _reference_karras_sigmas(n, s, rho)
+    top = (1 / s.alphas_cumprod[-1].item() - 1) ** 0.5  # churn never goes above the schedule's largest sigma
 
     def D(x, sigma):
         return denoise(x / math.sqrt(1 + sigma**2), torch.full((x.shape[0],), _t_of_sigma(sigma, s), dtype=F64))
 
     x = x_T * math.sqrt(1 + sigmas[0] ** 2)
     for i in range(n):
-        gamma = min(s_churn / n, math.sqrt(2) - 1, smax / sigmas[i] - 1)
+        gamma = max(0.0, min(s_churn / n, math.sqrt(2) - 1, top / sigmas[i] - 1))
         sigma_hat = sigmas[i] * (1 + gamma)
         if gamma > 0:
             x = x + math.sqrt(sigma_hat**2 - sigmas[i] ** 2) * torch.randn(x.shape, generator=generator, dtype=F64)
@@ -220,7 +235,12 @@ def test_dpmpp_2m_matches_the_plain_reference(n):
     s = NoiseSchedule(1000)
     _, x_T = _data(8)
     den = _linear_denoiser(1000)
-    assert torch.allclose(dpmpp_2m_sample(den, x_T, s, n), _reference_dpmpp_2m(den, x_T, s, n), atol=1e-10)
+    ts = [999 - (i * 1000) // n for i in range(n)]  # trailing: t_i = T - 1 - floor(i T / n)
+    ref = _reference_dpmpp_2m(den, x_T, ts, [s.alphas_cumprod[t].item() for t in ts] + [1.0])
+    assert torch.allclose(dpmpp_2m_sample(den, x_T, s, n), ref, atol=1e-10)
+    sigmas = _reference_karras_sigmas(n, s)
+    ref = _reference_dpmpp_2m(den, x_T, [_t_of_sigma(v, s) for v in sigmas[:-1]], [1 / (1 + v**2) for v in sigmas])
+    assert torch.allclose(dpmpp_2m_sample(den, x_T, s, n, timestep_spacing="karras"), ref, atol=1e-10)
 
 
 @pytest.mark.parametrize("n", [1, 2, 5])
@@ -251,20 +271,19 @@ def test_samplers_with_thresholding_inside_denoise_end_finite_and_in_range(thres
 def test_denoise_calls_equal_nfe_and_callback_runs_once_per_step(n):
     s = NoiseSchedule(1000)
     _, x_T = _data(10)
-    assert [nfe(k, n) for k in ("ddpm", "ddim", "dpmpp_2m", "euler", "heun")] == [n, n, n, n, 2 * n - 1]
-    for sampler, run in [("dpmpp_2m", SAMPLER_RUNS["dpmpp_2m"]), ("euler", SAMPLER_RUNS["euler"]),
-                         ("heun", SAMPLER_RUNS["heun"])]:
+    assert [nfe(k, n) for k in ("ddpm", "ddim") + SAMPLERS] == [n, n, n, n, n, 2 * n - 1]
+    for sampler in SAMPLERS:
         calls, steps = [], []
         den = lambda x, t: (calls.append(t), torch.zeros_like(x))[1]  # noqa: E731
-        run(den, x_T, s, n, callback=lambda i, t, x, x0: steps.append((i, t)))
+        run_sampler(sampler, den, x_T, s, n, callback=lambda i, t, x, x0: steps.append((i, t)))
         assert len(calls) == nfe(sampler, n) and [i for i, _ in steps] == list(range(n))
         assert all(c.dtype == F64 and c.shape == (2,) for c in calls)
         ts = [t for _, t in steps]
         if sampler == "dpmpp_2m":
             assert ts == s.inference_timesteps(n).tolist()
         else:
-            expected = sigma_to_t(karras_sigmas(n, schedule_sigmas(s)[0].item(), schedule_sigmas(s)[-1].item())[:-1], s)
-            assert ts == pytest.approx(expected.tolist(), abs=1e-9) and ts[0] == pytest.approx(999)
+            expected = [_t_of_sigma(v, s) for v in _reference_karras_sigmas(n, s)[:-1]]
+            assert ts == pytest.approx(expected, abs=1e-9) and ts[0] < 999  # starts at sigma_max = 80
 
 
 def test_churn_uses_the_generator_deterministically():
@@ -303,5 +322,8 @@ def test_bad_arguments_raise_value_errors_naming_them():
     _raises("^sigma must", sigma_to_t, 1e-9, s)
     _raises("thresholding", make_denoiser, den, s, "epsilon", thresholding="soft")
     _raises("prediction_type", make_denoiser, den, s, "score")
-    _raises("first order", dpmpp_2m_step, x, x, 3, -1, s.alphas_cumprod, x, 6)
-    _raises("t_prev", dpmpp_2m_step, x, x, 3, 3, s.alphas_cumprod)
+    _raises("first order", dpmpp_2m_step, x, x, 1.0, 0.0, x, 2.0)
+    _raises("sigma_next", dpmpp_2m_step, x, x, 1.0, 1.0)
+    _raises("sigma_last", dpmpp_2m_step, x, x, 1.0, 0.5, x, 0.9)
+    _raises("timestep_spacing", dpmpp_2m_sample, den, x, s, 2, timestep_spacing="leading")
+    _raises("sampler", run_sampler, "rk4", den, x, s, 2)
