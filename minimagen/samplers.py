@@ -259,6 +259,8 @@ def karras_sample(denoise: Denoise, x_T: Tensor, schedule: NoiseSchedule, num_in
     last step, to sigma = 0, EDM Algorithm 1 line 6). sigma_min/sigma_max: default_sigma_range(schedule), and
     within the schedule's [sigma_0, sigma_{T-1}] (the noise levels it was trained on). The loop runs in EDM space:
     x_edm = x_vp * sqrt(1 + sigma^2) at the start, and denoise sees x_vp = x_edm / sqrt(1 + sigma^2), t(sigma).
+    x_T ~ N(0, I) stands for x_t at sigma_max: its signal part, x_0 / sqrt(1 + sigma_max^2) (1.2 % at 80), is
+    neglected, as every sampler here neglects it at its first noise level.
     s_churn > 0: Algorithm 2's stochastic sampler; gamma_i = min(s_churn/n, sqrt(2) - 1) for sigma_i in
     [s_tmin, s_tmax], further capped so sigma_hat never exceeds the schedule's sigma_{T-1}; noise from
     `generator`. callback(i, t, x_t, x0_pred): t a float, x_t in VP space, at each step's first evaluation.
