@@ -26,9 +26,10 @@ Encoder names accepted by `load_text_encoder`:
     a directory          any T5 (or BERT) checkpoint written with `save_pretrained`
 
 Loading from the Hub cache, and the network. A Hub name whose files are all in the local cache (config,
-weights, tokenizer) is loaded with `local_files_only=True`: no request is made, so a machine without
-network loads it at once. (Otherwise transformers 5 / huggingface_hub ask the Hub for every optional file
-and retry each request 5 times with back-off: ~120-150 s of retries before the cached copy is used.)
+weights, tokenizer) is loaded with `local_files_only=True`: no file is requested, so a machine without
+network loads it at once. (Otherwise transformers 5 / huggingface_hub ask the Hub about every optional file
+and retry each request 5 times with back-off: ~120-150 s of retries before the cached copy is used. What is
+left is huggingface_hub's one request per process for its user-agent registry: 3 s timeout, no retry.)
 Only a model missing from the cache, or incomplete there, is fetched online; set HF_HUB_OFFLINE=1 to
 forbid that too. A cached model is therefore never updated from the Hub: delete it from the cache (or run
 `hf download NAME`) to take a newer revision.
