@@ -237,8 +237,8 @@ class TextEncoder(nn.Module):
                 f"text encoder {self.name!r}: {len(cut)} of {len(captions)} captions are longer than "
                 f"max_length={self.max_length} tokens and are cut; e.g. {shorten(caption)!r} has {n} tokens "
                 f"and was truncated to max_length={self.max_length}; {fits}. Pass a larger max_length to "
-                f"load_text_encoder (the embedding cache keeps one folder per max_length). Reported once "
-                f"per encoder.", stacklevel=3)
+                f"load_text_encoder (train_small.py: --max-length; the embedding cache keeps one folder per "
+                f"max_length). Reported once per encoder.", stacklevel=3)
         if unknown and not self._warned["unknown"]:
             self._warned["unknown"] = True
             caption, n_unknown, n = unknown[0]
