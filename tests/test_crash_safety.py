@@ -3,7 +3,8 @@ interval, never leave an unreadable checkpoint, and --resume reproduces the unin
 Also: a pickle planted in a checkpoint is never executed.
 
 The training runs are real processes (tests/tiny_run.py: Trainer + save_checkpoint on a 2-stage 8 -> 16 px
-cascade; train_small.py for its own Ctrl-C handler), killed with SIGKILL / SIGINT from here.
+cascade; tests/tiny_run_gated.py, the same run paced iteration by iteration from here; train_small.py for its
+own Ctrl-C handler), killed with SIGKILL / SIGINT from here.
 """
 import json
 import os
@@ -37,7 +38,9 @@ class Run:
     """A training subprocess whose stdout lines arrive on a queue (so waiting for one can time out)."""
 
     def __init__(self, *args: str, script: str = "tests/tiny_run.py"):
+        gated = script == "tests/tiny_run_gated.py"  # it reads "go" lines from our stdin
         self.proc = subprocess.Popen([sys.executable, script, *args], cwd=ROOT, env=ENV, text=True,
+                                     stdin=subprocess.PIPE if gated else None,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[str] = []
@@ -58,8 +61,15 @@ class Run:
             if line.startswith(prefix):
                 return line
 
+    def go(self) -> None:
+        """Let a tiny_run_gated.py process start its next iteration."""
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
     def finish(self, timeout: float = 60.0) -> int:
         rc = self.proc.wait(timeout=timeout)  # also reaps it: a killed writer's PID is then really gone
+        if self.proc.stdin:
+            self.proc.stdin.close()
         while (line := self.lines.get(timeout=timeout)) is not None:
             self.seen.append(line)
         return rc
@@ -141,12 +151,22 @@ def test_kill_9_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_p
 
 
 def test_kill_9_at_random_moments_never_leaves_an_unreadable_checkpoint(tmp_path, reference):
-    rng = random.Random(0)  # the kill times are fixed; where they land in the code varies with machine load
+    """Each attempt lets the run do one iteration + checkpoint (timing them), then starts the next one and
+    kills the process at a random fraction of that measured time: inside the iteration, its checkpoint write
+    or the wait after it. The gated run cannot get ahead of us, so a busy machine changes where a kill lands,
+    never whether it lands in a live run (killed runs use at most 2 x 3 of the 9 iterations)."""
+    rng = random.Random(0)
     saved = 0
     for attempt in range(3):
-        run = start_run(tmp_path, "--checkpoint-every", "1", *(["--resume"] if saved else []))
-        run.wait_for("iteration")
-        time.sleep(rng.uniform(0.0, 0.4))  # an iteration + its checkpoint take ~0.1-0.3 s here
+        run = Run(str(tmp_path), "--iterations", str(ITERATIONS), "--checkpoint-every", "1",
+                  *(["--resume"] if saved else []), script="tests/tiny_run_gated.py")
+        run.wait_for("waiting for go")  # started (and resumed)
+        run.go()
+        started = time.monotonic()
+        run.wait_for("waiting for go")
+        cycle = time.monotonic() - started  # iteration + checkpoint at this machine's current speed
+        run.go()  # the next iteration; its checkpoint follows, then the process waits for another "go"
+        time.sleep(rng.uniform(0.0, 1.2 * cycle))
         run.proc.kill()
         run.finish()
         latest = latest_checkpoint(tmp_path / "checkpoints")

@@ -1,6 +1,8 @@
 """User folder dataset: good pairs load, bad files are reported and skipped, hopeless folders fail
 with a message that names them."""
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -122,3 +124,66 @@ def test_empty_and_missing_folders_fail_naming_the_folder(tmp_path):
 def test_bad_image_size_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         ImageCaptionFolder(tmp_path, image_size=0)
+
+
+# ---- high bit depth and tiny images ----------------------------------------------------------------------
+def write_png16(path, pixels: np.ndarray, color_type: int) -> None:
+    """A 16-bit PNG written byte by byte (Pillow cannot write 16-bit RGB): color_type 0 gray, 2 RGB, 6 RGBA."""
+    height, width = pixels.shape[:2]
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))  # filter 0 per row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_16_bit_grayscale_png_is_scaled_to_unit_range_not_white(tmp_path):
+    write_png16(tmp_path / "gray.png", np.full((8, 8), 16384, dtype=np.uint16), color_type=0)  # 16384 / 65535
+    (tmp_path / "gray.txt").write_text("a dark gray square")
+    assert Image.open(tmp_path / "gray.png").mode.startswith("I;16")
+    image = ImageCaptionFolder(tmp_path, image_size=4)[0]["image"]
+    torch.testing.assert_close(image, torch.full((3, 4, 4), 16384 / 65535))  # before the fix: all 1.0
+
+
+def test_16_bit_gradient_keeps_every_gray_level(tmp_path):
+    ramp = np.repeat((np.arange(16) * 4369).astype(np.uint16)[None, :], 16, axis=0)  # 0 .. 65535 in 15 equal steps
+    write_png16(tmp_path / "ramp.png", ramp, color_type=0)
+    (tmp_path / "ramp.txt").write_text("a ramp")
+    row = ImageCaptionFolder(tmp_path, image_size=16)[0]["image"][:, 0]  # top row, [3, 16], at its own size
+    torch.testing.assert_close(row, (torch.arange(16) / 15).expand(3, 16))  # 4369 k / 65535 = k / 15
+
+
+def test_16_bit_rgb_png_keeps_its_colours(tmp_path):
+    pixels = np.zeros((8, 8, 3), dtype=np.uint16)
+    pixels[..., 0], pixels[..., 2] = 65535, 32896  # full red, half blue (32896 = 128 * 257)
+    write_png16(tmp_path / "rgb.png", pixels, color_type=2)
+    (tmp_path / "rgb.txt").write_text("purple")
+    image = ImageCaptionFolder(tmp_path, image_size=4)[0]["image"]
+    torch.testing.assert_close(image[:, 0, 0], torch.tensor([1.0, 0.0, 128 / 255]))
+
+
+def test_float_images_are_read_as_unit_range_and_out_of_range_ones_are_skipped(tmp_path):
+    Image.fromarray(np.full((8, 8), 0.75, dtype=np.float32)).save(tmp_path / "ok.tif")
+    Image.fromarray(np.full((8, 8), 300.0, dtype=np.float32)).save(tmp_path / "hdr.tif")
+    for name in ("ok", "hdr"):
+        (tmp_path / f"{name}.txt").write_text(name)
+    with pytest.warns(UserWarning, match=r"unsupported pixel values: 1 \(hdr.tif\)"):
+        ds = ImageCaptionFolder(tmp_path, image_size=4)
+    assert ds.files == ["ok.tif"]
+    torch.testing.assert_close(ds[0]["image"], torch.full((3, 4, 4), 0.75))
+
+
+def test_images_far_smaller_than_the_stage_size_are_used_but_counted_in_one_warning(tmp_path):
+    save_image(tmp_path / "dot.png", size=(1, 1))
+    save_image(tmp_path / "small.png", size=(3, 5))   # shorter side 3 < 16 / 4
+    save_image(tmp_path / "fine.png", size=(4, 4))    # 4 is exactly a quarter: not warned about
+    for name in ("dot", "small", "fine"):
+        (tmp_path / f"{name}.txt").write_text(name)
+    with pytest.warns(UserWarning) as record:
+        ds = ImageCaptionFolder(tmp_path, image_size=(8, 16))
+    messages = [str(w.message) for w in record if "far smaller" in str(w.message)]
+    assert len(messages) == 1 and len(ds) == 3
+    assert "2 of 3 images" in messages[0] and "dot.png: 1x1 px" in messages[0] and "small.png: 3x5 px" in messages[0]
+    assert "16 px" in messages[0] and str(tmp_path) in messages[0]

@@ -13,9 +13,15 @@ caption, an empty caption, a mapping entry whose file is missing. If nothing usa
 folder is missing or has no images) construction raises a ValueError that names the folder.
 
 Each image is made RGB (transparent pixels composited onto white), centre-cropped to a square and
-resized with a bicubic filter to `image_size` (or to each size of a tuple, for a cascade).
+resized with a bicubic filter to `image_size` (or to each size of a tuple, for a cascade). Pixel values
+become [0, 1]: 8-bit channels / 255; 16-bit grayscale (Pillow's modes "I;16*", and "I" holding 0..65535)
+/ 65535; 32-bit float ("F") as stored, which must be within [0, 1]. (Pillow itself reads 16-bit RGB(A)
+PNGs as 8-bit RGB(A).) Converting a 16-bit image with Pillow's convert("RGB") would clip every value
+above 255 to white: that is why these modes are scaled here. Images with other values are skipped
+("unsupported pixel values"). Images far smaller than the largest stage size (a side below a quarter of
+it) are used, but counted in one warning: they are upscaled more than 4x.
 
-Map: IMAGE_EXTENSIONS -> read_captions -> load_image -> ImageCaptionFolder.
+Map: IMAGE_EXTENSIONS -> read_captions -> load_image (gray_to_unit for high bit depths) -> ImageCaptionFolder.
 """
 from __future__ import annotations
 
@@ -31,8 +37,11 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAPPING_FILES = ("captions.jsonl", "captions.csv")  # checked in this order
 REPORT_FIRST = 5  # file names listed per reason in the warning / error
+SMALL_FRACTION = 4  # warn when an image's shorter side is below (largest stage size) / SMALL_FRACTION
+HIGH_BIT_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # Pillow modes scaled by gray_to_unit
 FIXES = {  # what to do about each reason a file is skipped (printed in the error)
     "unreadable image": "re-export or delete the files PIL cannot open",
+    "unsupported pixel values": "save them as 8- or 16-bit PNG (float images must hold values in [0, 1])",
     "missing caption": "add captions.jsonl / captions.csv or a .txt with the same name beside each image",
     "empty caption": "write a caption for those images, or remove them",
     "missing file": "fix the file names in the caption file (paths relative to the folder)",
@@ -69,25 +78,61 @@ def read_captions(root: Path) -> dict[str, str] | None:
     return None
 
 
+class UnsupportedPixelsError(ValueError):
+    """An image whose pixel values minimagen cannot map to [0, 1] without guessing."""
+
+
+def gray_to_unit(im: Image.Image, path: Path) -> Image.Image:
+    """A 16-bit or 32-bit grayscale image as a float ("F") image with values in [0, 1]."""
+    values = np.asarray(im, dtype=np.float64)  # [H, W]
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if im.mode == "F":
+        if low < 0 or high > 1:
+            raise UnsupportedPixelsError(f"{path}: float image with values in [{low:g}, {high:g}]; minimagen "
+                                         f"reads float images as [0, 1]: rescale it, or save it as 8/16-bit PNG")
+        scale = 1.0
+    else:  # "I;16*" always, "I" when it holds 16-bit data (how older Pillow reads 16-bit PNGs)
+        if low < 0 or high > 65535:
+            raise UnsupportedPixelsError(f"{path}: 32-bit integer image with values in [{low:g}, {high:g}], "
+                                         f"not 16-bit data; save it as an 8- or 16-bit PNG")
+        scale = 65535.0
+    return Image.fromarray((values / scale).astype(np.float32))  # mode "F"; x / (2^16 - 1) for 16-bit
+
+
 def load_image(path: Path, sizes: tuple[int, ...]) -> dict[int, torch.Tensor]:
     """Open `path`, make it RGB on white, centre-crop to a square, resize to each size:
     {size: [3, size, size] float32 in [0, 1]}. PIL's errors propagate (the caller reports them)."""
     with Image.open(path) as im:
         im.load()
+        if im.mode in HIGH_BIT_DEPTH:
+            return _resized_gray(gray_to_unit(im, path), sizes)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
             white = Image.new("RGBA", im.size, (255, 255, 255, 255))
             im = Image.alpha_composite(white, im)                      # transparent -> white
-        im = im.convert("RGB")
-        w, h = im.size
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        im = im.crop((left, top, left + side, top + side))            # centre square
+        im = _centre_square(im.convert("RGB"))
         out = {}
         for s in sizes:
             arr = np.asarray(im.resize((s, s), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
             out[s] = torch.from_numpy(arr).permute(2, 0, 1).contiguous()  # [s, s, 3] -> [3, s, s]
         return out
+
+
+def _centre_square(im: Image.Image) -> Image.Image:
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return im.crop((left, top, left + side, top + side))
+
+
+def _resized_gray(im: Image.Image, sizes: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """A float ("F") gray image in [0, 1] -> {size: [3, size, size]}, the gray copied to R, G and B."""
+    im, out = _centre_square(im), {}
+    for s in sizes:
+        arr = np.asarray(im.resize((s, s), Image.Resampling.BICUBIC), dtype=np.float32)  # [s, s]
+        gray = torch.from_numpy(arr.copy()).clamp(0, 1)  # bicubic overshoots a little at edges; 8-bit clips too
+        out[s] = gray.expand(3, s, s).contiguous()  # [s, s] -> [3, s, s]
+    return out
 
 
 class ImageCaptionFolder(torch.utils.data.Dataset):
@@ -97,7 +142,8 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
     {"images": {s: [3, s, s]}, "caption": str} (one cascade item at every stage's size).
     cache=True keeps the resized tensors from the construction-time check in memory (fast epochs for
     small folders: 4 * 3 * s^2 bytes per image and size).
-    Attributes: files (relative names used), captions, skipped (reason -> relative names).
+    Attributes: files (relative names used), captions, skipped (reason -> relative names),
+    small ((name, (width, height)) of the images used that are upscaled more than SMALL_FRACTION x).
     """
 
     def __init__(self, root, image_size: int | tuple[int, ...], cache: bool = False):
@@ -112,8 +158,9 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
         images = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
                         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         mapping = read_captions(self.root)
-        self.skipped: dict[str, list[str]] = {"unreadable image": [], "missing caption": [],
-                                              "empty caption": [], "missing file": []}
+        self.skipped: dict[str, list[str]] = {"unreadable image": [], "unsupported pixel values": [],
+                                              "missing caption": [], "empty caption": [], "missing file": []}
+        self.small: list[tuple[str, tuple[int, int]]] = []  # (file, (width, height)) upscaled > SMALL_FRACTION x
         if mapping is not None:
             self.skipped["missing file"] = sorted(set(mapping) - set(images))
         self.files, self.captions = [], []
@@ -129,9 +176,16 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
                 continue
             try:
                 tensors = load_image(self.root / name, sizes)
+                with Image.open(self.root / name) as im:  # reads the header only
+                    width, height = im.size
+            except UnsupportedPixelsError:
+                self.skipped["unsupported pixel values"].append(name)
+                continue
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):  # what PIL raises
                 self.skipped["unreadable image"].append(name)
                 continue
+            if min(width, height) * SMALL_FRACTION < max(sizes):
+                self.small.append((name, (width, height)))
             self.files.append(name)
             self.captions.append(caption)
             if self._cache is not None:
@@ -162,6 +216,13 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
         if self.skipped:
             warnings.warn(f"{where}: using {len(self.files)} of {n_images} images, skipped "
                           f"{self._summary()}", stacklevel=3)
+        if self.small:
+            examples = ", ".join(f"{name}: {w}x{h} px" for name, (w, h) in self.small[:REPORT_FIRST])
+            warnings.warn(f"{where}: {len(self.small)} of {len(self.files)} images are far smaller than the "
+                          f"largest stage size {max(self.sizes)} px (shorter side below 1/{SMALL_FRACTION} of it; "
+                          f"{examples}{', ...' if len(self.small) > REPORT_FIRST else ''}); they are upscaled "
+                          f"more than {SMALL_FRACTION}x and look blocky or blurred. Use larger images or a "
+                          f"smaller image_size", stacklevel=3)
 
     def __len__(self) -> int:
         return len(self.files)

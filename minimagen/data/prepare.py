@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ..embedding_cache import EmbeddingCache, EmbeddingTable
-from ..text_encoder import load_text_encoder
+from ..text_encoder import encoder_fingerprint, load_text_encoder
 
 
 @dataclass
@@ -123,15 +123,19 @@ def prepare_training_data(preset, data_dir: str | Path | None = None, seed: int 
             tmp.write_text(json.dumps({"key": key, "captions": captions}))
             os.replace(tmp, Path(image_store) / "images.json")
 
-    cache = EmbeddingCache(cache_dir, encoder.name if encoder else preset.text_encoder, preset.max_length)
+    loaded_here = encoder is None and encoder_fingerprint(preset.text_encoder) is None  # not on disk: fetch it
+    if loaded_here:
+        encoder = load_text_encoder(preset.text_encoder, max_length=preset.max_length, device=encoder_device)
+    cache = (EmbeddingCache.for_encoder(cache_dir, encoder) if encoder is not None else  # name + weights
+             EmbeddingCache(cache_dir, preset.text_encoder, preset.max_length))
     if cache.missing(captions):
-        loaded_here = encoder is None
-        if loaded_here:  # load the encoder only when something is new, and let it go afterwards
-            encoder = load_text_encoder(preset.text_encoder, max_length=preset.max_length, device=encoder_device)
-        cache.add(captions, encoder)
-        if loaded_here:
-            del encoder  # off the GPU before the U-Nets need the memory
-            if encoder_device is not None and torch.device(encoder_device).type == "cuda":
-                torch.cuda.empty_cache()
+        if encoder is None:  # load the encoder only when something is new, and let it go afterwards
+            encoder, loaded_here = load_text_encoder(preset.text_encoder, max_length=preset.max_length,
+                                                     device=encoder_device), True
+        cache.add(captions, encoder, progress=progress)
+    if loaded_here:
+        del encoder  # off the GPU before the U-Nets need the memory
+        if encoder_device is not None and torch.device(encoder_device).type == "cuda":
+            torch.cuda.empty_cache()
     table = cache.as_tensors(list(dict.fromkeys(captions)))
     return TrainingData(images=images, caption_index=table.rows_of(captions), text=table)
