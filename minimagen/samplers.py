@@ -17,7 +17,7 @@ Interface.  denoise(x_t, t) -> x0: x_t (B, C, H, W) in VP space, t float (B,) (f
 make_denoiser() builds it from a model_fn(x_t, t) in any prediction space (+ thresholding). The loops:
     dpmpp_2m_sample   DDIM's trailing timesteps (solver_order=1 is DDIM, eta = 0) or Karras sigmas
     karras_sample     method "euler" | "heun" on karras_sigmas; s_churn > 0 adds EDM Algorithm 2's noise
-    run_sampler       one of SAMPLERS by name; nfe(sampler, n) = network evaluations (a CFG pair counts once)
+    run_sampler       one of ODE_SAMPLERS by name; nfe(sampler, n) = network evaluations (a CFG pair counts once)
 Map: sigma <-> t -> make_denoiser -> karras_sigmas -> dpmpp_2m_step, dpmpp_2m_sample -> euler_step, heun_step,
 churn, karras_sample -> run_sampler, nfe.
 """
@@ -29,9 +29,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .diffusion import THRESHOLDING_MODES, NoiseSchedule, apply_thresholding, canonical_prediction_type
+from .diffusion import (ODE_SAMPLERS, THRESHOLDING_MODES, NoiseSchedule, apply_thresholding,
+                        canonical_prediction_type)
 
-SAMPLERS = ("dpmpp_2m", "dpmpp_2m_karras", "euler", "heun")  # names for run_sampler (and sample_loop's sampler=)
 KARRAS_METHODS = ("euler", "heun")
 EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0  # Karras et al. 2022, Table 1 ("ours", for VP models too)
 Denoise = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, ...), t float (B,)) -> x0 (B, ...), guided and thresholded
@@ -314,7 +314,7 @@ def karras_sample(denoise: Denoise, x_T: Tensor, schedule: NoiseSchedule, num_in
 def run_sampler(sampler: str, denoise: Denoise, x_T: Tensor, schedule: NoiseSchedule, num_inference_steps: int,
                 *, generator: torch.Generator | None = None, callback: Callback | None = None,
                 progress: bool | str = False) -> Tensor:
-    """Dispatch by name (SAMPLERS), each with its defaults: "dpmpp_2m" (trailing timesteps), "dpmpp_2m_karras",
+    """Dispatch by name (ODE_SAMPLERS), each with its defaults: "dpmpp_2m" (trailing timesteps), "dpmpp_2m_karras",
     "euler", "heun" (deterministic; generator unused unless churn is asked for through karras_sample)."""
     if sampler in ("dpmpp_2m", "dpmpp_2m_karras"):
         spacing = "karras" if sampler == "dpmpp_2m_karras" else "trailing"
@@ -323,7 +323,7 @@ def run_sampler(sampler: str, denoise: Denoise, x_T: Tensor, schedule: NoiseSche
     if sampler in KARRAS_METHODS:
         return karras_sample(denoise, x_T, schedule, num_inference_steps, method=sampler, generator=generator,
                              callback=callback, progress=progress)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    raise ValueError(f"sampler must be one of {ODE_SAMPLERS}, got {sampler!r}")
 
 
 def nfe(sampler: str, num_inference_steps: int) -> int:
@@ -337,4 +337,4 @@ def nfe(sampler: str, num_inference_steps: int) -> int:
         return num_inference_steps
     if sampler == "heun":
         return 2 * num_inference_steps - 1
-    raise ValueError(f"sampler must be one of ('ddpm', 'ddim') + {SAMPLERS}, got {sampler!r}")
+    raise ValueError(f"sampler must be one of ('ddpm', 'ddim') + {ODE_SAMPLERS}, got {sampler!r}")

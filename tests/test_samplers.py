@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from minimagen.diffusion import (
-    NoiseSchedule, classifier_free_guidance, ddim_step, eps_from_x0, q_sample, sample_loop,
+    ODE_SAMPLERS, NoiseSchedule, classifier_free_guidance, ddim_step, eps_from_x0, q_sample, sample_loop,
     x0_eps_from_model_output,
 )
 from minimagen.samplers import (
-    SAMPLERS, default_sigma_range, dpmpp_2m_sample, dpmpp_2m_step, euler_step, karras_sample, karras_sigmas,
+    default_sigma_range, dpmpp_2m_sample, dpmpp_2m_step, euler_step, karras_sample, karras_sigmas,
     make_denoiser, nfe, run_sampler, schedule_sigmas, sigma_to_t, t_to_sigma, x0_from_model_output,
 )
 
@@ -271,8 +271,8 @@ def test_samplers_with_thresholding_inside_denoise_end_finite_and_in_range(thres
 def test_denoise_calls_equal_nfe_and_callback_runs_once_per_step(n):
     s = NoiseSchedule(1000)
     _, x_T = _data(10)
-    assert [nfe(k, n) for k in ("ddpm", "ddim") + SAMPLERS] == [n, n, n, n, n, 2 * n - 1]
-    for sampler in SAMPLERS:
+    assert [nfe(k, n) for k in ("ddpm", "ddim") + ODE_SAMPLERS] == [n, n, n, n, n, 2 * n - 1]
+    for sampler in ODE_SAMPLERS:
         calls, steps = [], []
         den = lambda x, t: (calls.append(t), torch.zeros_like(x))[1]  # noqa: E731
         run_sampler(sampler, den, x_T, s, n, callback=lambda i, t, x, x0: steps.append((i, t)))
@@ -327,3 +327,20 @@ def test_bad_arguments_raise_value_errors_naming_them():
     _raises("sigma_last", dpmpp_2m_step, x, x, 1.0, 0.5, x, 0.9)
     _raises("timestep_spacing", dpmpp_2m_sample, den, x, s, 2, timestep_spacing="leading")
     _raises("sampler", run_sampler, "rk4", den, x, s, 2)
+
+
+def test_every_sampler_runs_through_the_cascade_by_name_and_is_deterministic():
+    """sample_cascade(sampler=...) dispatches each name of diffusion.SAMPLERS, with guidance and thresholding."""
+    from minimagen.cascade import Cascade, tiny_cascade_config
+    from minimagen.diffusion import SAMPLERS
+    torch.manual_seed(0)
+    cascade = Cascade(tiny_cascade_config((8, 16), text_embed_dim=64)).eval()
+    embeds, mask = torch.randn(2, 5, 64), torch.ones(2, 5, dtype=torch.bool)
+    for sampler in SAMPLERS:
+        def run():
+            return cascade(text_embeds=embeds, text_mask=mask, sampler=sampler, num_inference_steps=3,
+                           guidance_scale=[3.0, 1.0], thresholding=["dynamic", "static"], output_type="pt",
+                           generator=torch.Generator().manual_seed(1), progress=False).images
+        first = run()
+        assert first.shape == (2, 3, 16, 16) and torch.isfinite(first).all(), sampler
+        assert torch.equal(first, run()), sampler
