@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint
-from .conditioning import NUM_NOISE_LEVELS, check_images, downsample, prepare_lowres_condition
+from .conditioning import NUM_NOISE_LEVELS, check_images, check_text, downsample, prepare_lowres_condition
 from .diffusion import BETA_SCHEDULES, PREDICTION_TYPES, NoiseSchedule, diffusion_loss
 from .networks.configs import unet_config
 from .networks.unet import UNetConfig, build_unet
@@ -258,6 +258,7 @@ class Cascade(nn.Module):
         if lowres_images is not None and cfg.is_super_resolution:
             self._check_images(lowres_images, self.config.stages[stage - 1].image_size, "lowres_images")
         batch = images.shape[0]
+        check_text(text_embeds, text_mask, batch, self.config.text_embed_dim)
         if draws is None:
             draws = self.training_draws(stage, batch, generator, images.device)
         elif draws.t.shape != (batch,):
@@ -288,6 +289,8 @@ class Cascade(nn.Module):
         if images.shape[-2:] != (size, size):
             raise ValueError(f"{name} must be {size}x{size} for this stage, got {images.shape[-2]}x{images.shape[-1]}; "
                              "resize them or pick the stage whose image_size matches")
+        if isinstance(images, torch.Tensor) and images.dtype == torch.float64:
+            raise ValueError(f"{name} is float64; the U-Nets compute in float32: pass {name}.float()")
         check_images(images, name)  # float, values in [0, 1]: uint8 or [-1, 1] images would train silently wrong
 
     # ---------------------------------------------------------------- sampling

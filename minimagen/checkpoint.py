@@ -103,6 +103,9 @@ def _load_into(module: torch.nn.Module, path: Path) -> None:
         if tensor.shape != own[name].shape:
             raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)} but the U-Net built from "
                                   f"config.json expects {tuple(own[name].shape)}; config and weights do not match")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values (saved after training "
+                                  "diverged?); resume from an earlier step-* checkpoint or re-train")
     module.load_state_dict(state)
 
 

@@ -19,7 +19,8 @@ ONE function, `prepare_lowres_condition`, builds the condition for training *and
 Imagen port normalised after noising at sampling but before it at training, so its SR stage saw a
 different input distribution at test time; here the order (resize -> normalise -> noise) cannot differ.
 
-Contents: `NUM_NOISE_LEVELS`, `augmentation_schedule`, `downsample`, `upsample`, `check_images`,
+Contents: `NUM_NOISE_LEVELS`, `augmentation_schedule`, `downsample`, `upsample`, `check_images` and
+`check_text` (the stage inputs, checked once with errors that say the fix),
 `prepare_lowres_condition`.
 """
 from __future__ import annotations
@@ -64,10 +65,39 @@ def check_images(lowres: torch.Tensor, name: str) -> None:
     if not lowres.is_floating_point():
         raise ValueError(f"{name} must be a float tensor with values in [0, 1], got dtype {lowres.dtype}; "
                          "for uint8 images divide by 255")
+    if lowres.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(lowres.shape)}); pass at least one image")
+    if not torch.isfinite(lowres).all():
+        bad = int((~torch.isfinite(lowres)).sum())
+        raise ValueError(f"{name} holds {bad} NaN or infinite values: the images were corrupted before they got "
+                         "here (a failed decode or a division by zero?); check the data pipeline")
     lo, hi = float(lowres.min()), float(lowres.max())
-    if not (lo >= -1e-3 and hi <= 1 + 1e-3):  # written so that NaN (min/max propagate it) fails too
+    if not (lo >= -1e-3 and hi <= 1 + 1e-3):
         raise ValueError(f"{name} values must lie in [0, 1] (got min {lo:.3f}, max {hi:.3f}); "
                          "if your images are in [-1, 1], pass (images + 1) / 2")
+
+
+def check_text(text_embeds: torch.Tensor, text_mask: torch.Tensor, batch: int, embed_dim: int) -> None:
+    """text_embeds [B, L, D] and text_mask [B, L] bool for a batch of B images, every caption with a real token.
+
+    An all-False mask row would silently train or sample that item unconditionally: unconditional is what
+    caption dropout (drop_text) is for, so it must be asked for, not fall out of a broken mask.
+    """
+    if not isinstance(text_embeds, torch.Tensor) or text_embeds.ndim != 3 or text_embeds.shape[-1] != embed_dim:
+        shape = tuple(text_embeds.shape) if isinstance(text_embeds, torch.Tensor) else type(text_embeds).__name__
+        raise ValueError(f"text_embeds must be [B, L, {embed_dim}] (the cascade's text encoder width), got {shape}; "
+                         "make them with cascade.encode_text(captions)")
+    if not isinstance(text_mask, torch.Tensor) or tuple(text_mask.shape) != tuple(text_embeds.shape[:2]):
+        shape = tuple(text_mask.shape) if isinstance(text_mask, torch.Tensor) else type(text_mask).__name__
+        raise ValueError(f"text_mask must be [B, L] = {tuple(text_embeds.shape[:2])} like text_embeds, got {shape}")
+    if text_embeds.shape[0] != batch:
+        raise ValueError(f"text_embeds holds {text_embeds.shape[0]} captions but there are {batch} images; pass one "
+                         "caption per image (same batch order)")
+    empty = (~text_mask.bool()).all(dim=1).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"text_mask rows {empty[:5]} have no True token, which would silently mean 'no caption'; "
+                         "for unconditional training use cond_drop_prob (drop_text), for unconditional sampling "
+                         "guidance_scale=0")
 
 
 def prepare_lowres_condition(

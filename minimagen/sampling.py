@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .conditioning import NUM_NOISE_LEVELS, prepare_lowres_condition
+from .conditioning import NUM_NOISE_LEVELS, check_text, prepare_lowres_condition
 from .diffusion import check_number, check_sampling_options, classifier_free_guidance, sample_loop
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -121,6 +121,7 @@ def _text_condition(cascade, prompts, text_embeds, text_mask) -> tuple[torch.Ten
         raise ValueError(f"text_embeds must be [B, L, {d}] and text_mask [B, L] (this cascade's text encoder "
                          f"{cascade.config.text_encoder!r} gives {d}-d tokens), got {tuple(text_embeds.shape)} and "
                          f"{tuple(text_mask.shape)}; make them with cascade.encode_text(prompts)")
+    check_text(text_embeds, text_mask, text_embeds.shape[0], d)  # e.g. an all-False mask row
     return text_embeds, text_mask
 
 

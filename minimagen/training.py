@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, distributed
+from .conditioning import check_text
 from .checkpoint import latest_checkpoint  # noqa: F401 - re-exported: `from minimagen.training import latest_checkpoint`
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -178,6 +179,8 @@ class Trainer:
         if not 0 <= stage < cascade.num_stages:
             raise ValueError(f"stage must be in [0, {cascade.num_stages - 1}] (this cascade has {cascade.num_stages} "
                              f"stages, 0 = base), got {stage}")
+        cascade._check_images(images, cascade.config.stages[stage].image_size, "images")  # before any slicing
+        check_text(text_embeds, text_mask, images.shape[0], cascade.config.text_embed_dim)
         model = unet if unet is not None else self.train_module(stage)
         cascade.unets[stage].train()
         batch, device = images.shape[0], cascade.device

@@ -230,13 +230,57 @@ def test_non_finite_loss_stops_with_the_step_and_a_hint_and_keeps_the_last_good_
     (0, torch.rand(2, 3, 16, 16), ("images must be 8x8 for this stage", "pick the stage whose image_size matches")),
     (0, (torch.rand(2, 3, 8, 8) * 255).to(torch.uint8), ("images must be a float tensor", "divide by 255")),
     (0, torch.rand(2, 3, 8, 8) * 2 - 1, ("images values must lie in [0, 1]", "(images + 1) / 2")),
-], ids=["stage_out_of_range", "wrong_size", "uint8_images", "minus_one_to_one_images"])
+    (0, torch.rand(2, 3, 8, 8, dtype=torch.float64), ("images is float64", "images.float()")),
+    (0, torch.full((2, 3, 8, 8), float("nan")), ("NaN or infinite values", "check the data pipeline")),
+    (0, torch.rand(0, 3, 8, 8), ("images is an empty batch", "at least one image")),
+    (0, torch.rand(3, 3, 8, 8), ("text_embeds holds 2 captions but there are 3 images", "one caption per image")),
+], ids=["stage_out_of_range", "wrong_size", "uint8_images", "minus_one_to_one_images", "float64_images",
+        "nan_images", "empty_batch", "more_images_than_captions"])
 def test_bad_training_batches_are_refused_before_any_update(stage, images, fragments):
     trainer = Trainer(Cascade(tiny_config()))
     _, embeds, mask = tiny_data()
     with raises(ValueError, *fragments):
         trainer.train_step(stage, images, embeds, mask)
     assert trainer.steps == [0, 0]
+    assert all(p.grad is None for p in trainer.cascade.parameters())
+
+
+def test_all_false_text_mask_is_refused_in_training_and_sampling():
+    trainer = Trainer(Cascade(tiny_config()))
+    images, embeds, mask = tiny_data()
+    mask = mask.clone()
+    mask[1] = False
+    with raises(ValueError, "text_mask rows [1] have no True token", "cond_drop_prob", "guidance_scale=0"):
+        trainer.train_step(0, images[0], embeds, mask)
+    with raises(ValueError, "text_mask rows [1] have no True token"):
+        trainer.cascade(text_embeds=embeds, text_mask=mask, num_inference_steps=2, progress=False)
+
+
+def test_a_failed_micro_batch_leaves_no_gradients_behind():
+    """With gradient accumulation an error in a later micro-batch must not leave the earlier ones' .grad."""
+    trainer = Trainer(Cascade(tiny_config()), TrainConfig(grad_accum_steps=2))
+    images, embeds, mask = tiny_data(batch=4)
+    calls = []
+    real = trainer.cascade.training_loss
+
+    def second_micro_batch_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return real(*args, **kwargs)
+    trainer.cascade.training_loss = second_micro_batch_fails
+    with pytest.raises(RuntimeError, match="simulated"):
+        trainer.train_step(0, images[0], embeds, mask)
+    assert len(calls) == 2 and all(p.grad is None for p in trainer.cascade.unets[0].parameters())
+
+
+def test_nan_weights_are_refused_when_loading(tmp_path):
+    cascade = Cascade(tiny_config())
+    with torch.no_grad():
+        next(cascade.unets[1].parameters()).fill_(float("nan"))
+    cascade.save_pretrained(tmp_path / "c")
+    with raises(CheckpointError, "stage1.safetensors", "NaN or infinite values", "earlier step-* checkpoint"):
+        Cascade.from_pretrained(tmp_path / "c")
 
 
 def test_resuming_with_a_lower_learning_rate_after_a_nan_really_uses_it(tmp_path):

@@ -131,7 +131,7 @@ LOWRES_CASES = [
     (torch.rand(3, 8, 8), ValueError, ("[B, 3, 8, 8]", "(3, 8, 8)")),
     ((torch.rand(1, 3, 8, 8) * 255).to(torch.uint8), ValueError, ("torch.uint8", "divide by 255")),
     (torch.rand(1, 3, 8, 8) * 2 - 1, ValueError, ("values must lie in [0, 1]", "(images + 1) / 2")),
-    (torch.full((1, 3, 8, 8), float("nan")), ValueError, ("values must lie in [0, 1]",)),
+    (torch.full((1, 3, 8, 8), float("nan")), ValueError, ("NaN or infinite values", "check the data pipeline")),
     (torch.rand(2, 3, 8, 8), ValueError, ("has 2 images but there are 1 prompts",)),
     (torch.rand(1, 3, 8, 8).numpy(), ValueError, ("float tensor [B, 3, 8, 8]", "ndarray")),
 ]
