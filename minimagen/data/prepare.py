@@ -3,7 +3,7 @@
 Two costs must stay out of the training loop (they dominated training time in other Imagen ports):
   * the text encoder: every distinct caption is encoded ONCE through the on-disk `EmbeddingCache`, then the
     encoder is dropped; a step indexes a dense table of embeddings;
-  * image decoding/rendering and resizing: every item is rendered (shapes) or decoded and resized (folders)
+  * image decoding/rendering and resizing: every item is rendered (shapes, scenes) or decoded and resized (folders)
     once, at every stage's size, and stored as uint8 tensors ([N, 3, s, s]: 8,000 items at 16+32+128 px
     take 0.4 GB). With `image_store` they live in files mapped into memory instead (`torch.from_file`):
     10,000 items at 1024 px are 31 GB, more than RAM should hold, and under torchrun every rank maps the
@@ -80,30 +80,35 @@ def _image_store(store: Path, n: int, sizes: tuple[int, ...], key: dict) -> tupl
 def prepare_training_data(preset, data_dir: str | Path | None = None, seed: int = 0,
                           cache_dir: str | Path = "runs/embedding_cache", encoder=None,
                           progress: bool = True, encoder_device=None,
-                          image_store: str | Path | None = None) -> TrainingData:
+                          image_store: str | Path | None = None, domain: str | None = None) -> TrainingData:
     """Render/decode every item at every stage size and encode every distinct caption once.
 
     preset: a RunPreset (sizes, num_items, max_objects, text_encoder, max_length). data_dir: a folder of
-    images with captions (see data/folder.py) instead of the built-in captioned shapes. encoder: an already
+    images with captions (see data/folder.py) instead of a built-in domain. encoder: an already
     loaded TextEncoder (else the preset's is loaded, only if some caption is not cached yet).
     encoder_device: where a loaded encoder runs (e.g. "cuda": T5-XXL encodes ~100x faster than on a CPU); it
     is dropped (and the GPU memory freed) as soon as the captions are cached.
     image_store: a folder for file-backed images (reused when it already holds this data's render).
+    domain: the built-in data when data_dir is None, "shapes" or "scenes" (see data/domains.py); None takes
+    the preset's `domain` field if it has one, else "shapes".
     """
     sizes = tuple(preset.sizes)
+    if data_dir is not None and domain is not None:
+        raise ValueError(f"pass data_dir (your own images) or domain={domain!r} (built-in data), not both")
     if data_dir is not None:
         from .folder import ImageCaptionFolder
         dataset = ImageCaptionFolder(data_dir, image_size=sizes)
     else:
-        from .shapes import ShapesDataset
-        dataset = ShapesDataset(size=preset.num_items, image_sizes=sizes, seed=seed, split="train",
-                                max_objects=preset.max_objects)
+        from .domains import load_domain
+        domain = domain or getattr(preset, "domain", "shapes")
+        dataset = load_domain(domain).dataset(size=preset.num_items, image_sizes=sizes, seed=seed, split="train",
+                                              max_objects=preset.max_objects)
     n = len(dataset)
     captions = None
     if image_store is None:
         images = [torch.empty((n, 3, s, s), dtype=torch.uint8) for s in sizes]
     else:
-        key = {"data": str(Path(data_dir).resolve()) if data_dir else "shapes", "n": n, "sizes": list(sizes),
+        key = {"data": str(Path(data_dir).resolve()) if data_dir else domain, "n": n, "sizes": list(sizes),
                "seed": seed, "max_objects": preset.max_objects}
         images, captions = _image_store(Path(image_store), n, sizes, key)
     if captions is None:  # render (or decode) now

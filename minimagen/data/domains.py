@@ -1,0 +1,44 @@
+"""The built-in data domains, by name: what `train_small` renders, which prompts it evaluates, how it scores.
+
+    shapes   flat pure-hue shapes on white (shapes.py, shapes_scoring.py): caption following is easy to see
+    scenes   shaded 3-D objects on a lit floor (scenes.py, scenes_render.py, scenes_scoring.py): mid-tone
+             pictures with photographs' statistics, materials, and held-out wordings and misspellings
+
+Every domain offers the same four things, so the training pipeline and the report need only its name:
+a Dataset class (ShapesDataset / ScenesDataset: same constructor arguments and items), `fixed_prompts(kind,
+n, seed)` -> [(caption, spec)], its prompt kinds, and `score_alignment(images, specs)` -> {attribute: accuracy,
+"all_correct": ...}. Modules are imported when a domain is asked for, not at import of minimagen.
+
+Contents: DOMAINS, Domain, load_domain.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+DOMAINS = {  # name -> (data module, scoring module, Dataset class name)
+    "shapes": ("minimagen.data.shapes", "minimagen.data.shapes_scoring", "ShapesDataset"),
+    "scenes": ("minimagen.data.scenes", "minimagen.data.scenes_scoring", "ScenesDataset"),
+}
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str                    # a key of DOMAINS
+    dataset: type                # Dataset class: (size, image_size, seed, split, max_objects, image_sizes, ...)
+    fixed_prompts: Callable      # (kind, n, seed) -> [(caption, spec)]
+    prompt_kinds: tuple[str, ...]  # the kinds fixed_prompts accepts
+    score_alignment: Callable    # (images [N, 3, H, W] in [0, 1], specs) -> {attribute: accuracy, ...}
+    max_objects: int             # most objects a scene of this domain holds
+
+
+def load_domain(name: str) -> Domain:
+    """The built-in domain `name` ("shapes" or "scenes")."""
+    if name not in DOMAINS:
+        raise ValueError(f"domain={name!r} is not one of {tuple(DOMAINS)}")
+    data_module, scoring_module, dataset = DOMAINS[name]
+    data, scoring = importlib.import_module(data_module), importlib.import_module(scoring_module)
+    return Domain(name=name, dataset=getattr(data, dataset), fixed_prompts=data.fixed_prompts,
+                  prompt_kinds=tuple(data.PROMPT_KINDS), score_alignment=scoring.score_alignment,
+                  max_objects=3 if name == "scenes" else 2)
