@@ -152,7 +152,8 @@ def measure(extractor: FeatureExtractor, sizes: list[int], seeds: int, n: int, i
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--domain", default="shapes", help="a registered feature domain (fidelity.py)")
+    parser.add_argument("--domain", default="shapes",
+                        help="a registered feature domain (data/feature_net.py): shapes, scenes")
     parser.add_argument("--out", default=None,
                         help="weights path; default minimagen/assets/feature_net_DOMAIN.safetensors")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps")
