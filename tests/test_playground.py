@@ -1,6 +1,6 @@
 """The playground's core (minimagen/tools/playground.py): settings in, every stage's image out, reproducibly.
 
-What these tests prove, on a tiny untrained three-stage cascade (8 -> 16 -> 32 px, the offline tiny-t5 encoder):
+What these tests prove, on an untrained three-stage "tiny" cascade (8 -> 16 -> 32 px, offline tiny-t5 encoder):
   * generate returns one (3, s, s) image in [0, 1] per stage, at the sizes of the cascade's config;
   * it is exactly `cascade(...)` with a seeded generator: same settings and seed, same images; another seed,
     other images; its settings reach the cascade unchanged;
@@ -20,8 +20,7 @@ import pytest
 import torch
 
 from minimagen import diffusion
-from minimagen.cascade import Cascade, CascadeConfig, StageConfig
-from minimagen.networks.unet import unet_config
+from minimagen.cascade import Cascade, tiny_cascade_config
 from minimagen.text_encoder import load_text_encoder
 from minimagen.tools.playground import available_samplers, describe_settings, generate, make_figure
 
@@ -32,15 +31,8 @@ FEW = dict(num_inference_steps=2)  # two denoising steps per stage: enough to ex
 @pytest.fixture(scope="module")
 def cascade():
     encoder = load_text_encoder("tiny-t5")
-    small = dict(base_channels=8, num_heads=1, head_dim=8, text_embed_dim=encoder.embed_dim)
-    stages = [StageConfig(unet_config("base-tiny", image_size=SIZES[0], channel_mults=(1, 2), num_res_blocks=1,
-                                      attn_resolutions=(), cross_attn_resolutions=(SIZES[0] // 2,), **small))]
-    stages += [StageConfig(unet_config("sr-tiny", image_size=s, channel_mults=(1, 2), num_res_blocks=(1, 1),
-                                       attn_resolutions=(), cross_attn_resolutions=(s // 2,), **small))
-               for s in SIZES[1:]]
     torch.manual_seed(0)
-    cascade = Cascade(CascadeConfig(stages=stages, text_encoder="tiny-t5", text_embed_dim=encoder.embed_dim),
-                      text_encoder=encoder)
+    cascade = Cascade(tiny_cascade_config(SIZES, text_embed_dim=encoder.embed_dim), text_encoder=encoder)
     with torch.no_grad():  # zero-initialised layers (e.g. each U-Net's last conv) would hide every input
         for parameter in cascade.parameters():
             if parameter.ndim > 1 and not parameter.any():
