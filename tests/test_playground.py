@@ -70,8 +70,17 @@ def test_noise_level_changes_only_the_super_resolution_stages(cascade):
     assert not torch.equal(low[1], high[1]) and not torch.equal(low[2], high[2])
 
 
-def test_num_stages_stops_early(cascade):
-    assert [im.shape[-1] for im in generate(cascade, "a red circle", num_stages=2, **FEW)] == [8, 16]
+def test_num_stages_stops_early_with_the_same_images_and_per_stage_lists_for_the_whole_cascade(cascade):
+    settings = dict(guidance_scale=[3.0, 1.0, 1.0], thresholding=["dynamic", "static", "static"], **FEW)
+    every = generate(cascade, "a red circle", **settings)
+    first_two = generate(cascade, "a red circle", num_stages=2, **settings)
+    assert [im.shape[-1] for im in first_two] == [8, 16]
+    assert all(torch.equal(a, b) for a, b in zip(first_two, every))
+
+
+def test_a_per_stage_list_needs_one_value_per_stage_of_the_cascade(cascade):
+    with pytest.raises(ValueError, match="guidance_scale has 2 values but the cascade has 3 stages"):
+        generate(cascade, "a red circle", guidance_scale=[3.0, 1.0], num_stages=2)
 
 
 def test_sampler_choices_are_read_from_minimagen_diffusion_at_call_time(cascade, monkeypatch):

@@ -43,7 +43,8 @@ def generate(cascade, prompt: str, *, guidance_scale: float | Sequence[float] = 
     """Sample `prompt` through the cascade; returns one (3, s, s) image in [0, 1] per stage, base first.
 
     noise_level: the augmentation level n in [0, 1000) of every super-resolution stage (None: each stage's
-    sample_noise_level). num_stages: stop after this many stages (None: all). Same arguments, same images.
+    sample_noise_level). num_stages: stop after this many stages (None: all); a per-stage list still has one value
+    per stage of the cascade, and the first num_stages are used. Same arguments, same images.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt must be a non-empty caption, e.g. 'a red circle on the left', got {prompt!r}")
@@ -51,11 +52,20 @@ def generate(cascade, prompt: str, *, guidance_scale: float | Sequence[float] = 
         raise TypeError(f"seed must be an int (the same seed gives the same images), got {seed!r}")
     _check_choice("sampler", sampler, available_samplers())
     _check_choice("thresholding", thresholding, diffusion.THRESHOLDING_MODES)
-    output = cascade([prompt], guidance_scale=guidance_scale, thresholding=thresholding,
-                     dynamic_thresholding_ratio=dynamic_thresholding_ratio, noise_level=noise_level,
-                     sampler=sampler, num_inference_steps=num_inference_steps, num_stages=num_stages,
-                     generator=torch.Generator().manual_seed(seed), output_type="pt", return_all_stages=True,
-                     progress=False)
+    run = cascade.num_stages if num_stages is None else num_stages
+    per_stage = {}
+    for name, value in (("guidance_scale", guidance_scale), ("thresholding", thresholding),
+                        ("dynamic_thresholding_ratio", dynamic_thresholding_ratio), ("sampler", sampler),
+                        ("num_inference_steps", num_inference_steps)):
+        if isinstance(value, (list, tuple)):
+            if len(value) != cascade.num_stages:
+                raise ValueError(f"{name} has {len(value)} values but the cascade has {cascade.num_stages} stages; "
+                                 f"pass one value, or a list with one per stage")
+            value = list(value)[:run]  # the stages that run (num_stages may stop early)
+        per_stage[name] = value
+    output = cascade([prompt], noise_level=noise_level, num_stages=num_stages, output_type="pt",
+                     generator=torch.Generator().manual_seed(seed), return_all_stages=True, progress=False,
+                     **per_stage)
     return [images[0] for images in output.all_stages]  # [B = 1, 3, s, s] per stage -> (3, s, s)
 
 
