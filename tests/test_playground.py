@@ -91,6 +91,13 @@ def test_sampler_choices_are_read_from_minimagen_diffusion_at_call_time(cascade,
         generate(cascade, "a red circle", sampler="ddpm", **FEW)
 
 
+@pytest.mark.parametrize("sampler", diffusion.SAMPLERS)
+def test_every_sampler_minimagen_offers_runs_through_every_stage(cascade, sampler):
+    images = generate(cascade, "a red circle", sampler=sampler, **FEW)
+    assert [tuple(im.shape) for im in images] == [(3, s, s) for s in SIZES]
+    assert all(bool(torch.isfinite(im).all()) for im in images)
+
+
 @pytest.mark.parametrize("kwargs, pattern", [
     (dict(sampler="euler-ish"), "sampler must be one of"),
     (dict(thresholding="clip"), r"thresholding must be one of \('none', 'static', 'dynamic'\)"),
