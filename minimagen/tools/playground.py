@@ -10,7 +10,8 @@ Each setting is a knob the paper turns: `guidance_scale` (classifier-free guidan
 conditioning augmentation, §2.4), plus the `sampler`, `num_inference_steps` and `seed`. `generate` is
 `cascade(...)` with a seeded generator and every stage's images returned, so the same settings always give the
 same pictures. guidance_scale, thresholding, dynamic_thresholding_ratio, sampler and num_inference_steps take one
-value for every stage or a list with one per stage, exactly as `Cascade.__call__` does.
+value for every stage or a list with one per stage of the cascade, also when num_stages stops early (where
+`Cascade.__call__` wants one per stage it runs), so one settings dict serves every call.
 
 Contents: `available_samplers`, `generate`, `describe_settings`, `make_figure`.
 """
