@@ -1,8 +1,11 @@
 """The classroom exercises: checkers pass right answers, name wrong ones, and the notebooks cannot rot.
 
 What these tests prove:
-  * the library's own functions pass every checker (so a check failing means the student, not the checker);
-  * each common mistake, written here the way a student would write it, is caught with its own message;
+  * a right answer, written the way a student writes it, passes every checker (so a check failing means the
+    student, not the checker);
+  * each typical mistake, written here the way a student would write it, is caught with its own message;
+  * passing minimagen's function, or calling it from the student's function (by any name), fails with
+    "calls minimagen's ...", and the library is intact afterwards;
   * a stub that still raises NotImplementedError gets "not implemented yet", other exceptions are reported with
     the case that raised them, never as a traceback;
   * no message contains code (the checkers must not hand out the solution);
@@ -22,9 +25,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minimagen import conditioning, diffusion, text_encoder
-from minimagen.conditioning import prepare_lowres_condition, upsample
-from minimagen.diffusion import NoiseSchedule, posterior_mean_variance
+import minimagen
+from minimagen import conditioning, diffusion, sampling, text_encoder
+from minimagen.conditioning import downsample, upsample
+from minimagen.diffusion import NoiseSchedule
 from minimagen.exercises import ALL_CHECKS, when_implemented
 from minimagen.exercises.notebooks import make_student_notebook, student_notebooks, student_source
 from minimagen.text_encoder import masked_mean
@@ -32,33 +36,8 @@ from minimagen.text_encoder import masked_mean
 EXERCISES = Path(__file__).resolve().parent.parent / "notebooks" / "exercises"
 
 
-# ------------------------------------------------------------------ the right answers: library functions
-def _ddpm_with_noise(x0, x_t, t, t_prev, abar, noise):
-    mean, variance = posterior_mean_variance(x0, x_t, t, t_prev, abar)
-    return mean + variance.sqrt() * noise
-
-
-REFERENCES = {
-    "q_sample": diffusion.q_sample,
-    "predict_x0": diffusion.x0_from_eps,
-    "ddpm_step": _ddpm_with_noise,
-    "guidance": diffusion.classifier_free_guidance,
-    "static_threshold": diffusion.static_threshold,
-    "dynamic_threshold": diffusion.dynamic_threshold,
-    "lowres_condition": lambda lowres, size, level, noise: prepare_lowres_condition(lowres, size, level, noise=noise),
-    "masked_mean": masked_mean,
-}
-
-
-@pytest.mark.parametrize("exercise", sorted(ALL_CHECKS))
-def test_library_reference_passes_its_checker(exercise, capsys):
-    result = ALL_CHECKS[exercise](REFERENCES[exercise])
-    assert result.passed and result.status == "passed", result.message
-    assert capsys.readouterr().out.startswith(f"✅ {exercise} is correct (checked {result.cases_checked} cases)")
-    assert result.cases_checked >= 4
-
-
-# ------------------------------------------------------------- the wrong answers, as a student writes them
+# ------------------------------------------------------------- the right answers, as a student writes them
+# (the library's own functions cannot be used here: passing or calling them is itself a mistake the checkers catch)
 def _abar(abar, t):  # (B,) -> (B, 1, 1, 1), as the stubs' hint says
     return abar[t].reshape(-1, 1, 1, 1)
 
@@ -74,9 +53,14 @@ def _posterior(x0, x_t, t, t_prev, abar):
     return mean, beta * (1 - a_prev) / (1 - a_t), beta
 
 
-def _dynamic(x, p, per_sample=True, clamp_at_one=True, clip=True, divide=True, absolute=True):
+def _ddpm_with_noise(x0, x_t, t, t_prev, abar, noise):
+    mean, variance, _ = _posterior(x0, x_t, t, t_prev, abar)
+    return mean + variance.sqrt() * noise
+
+
+def _dynamic(x, p, per_sample=True, clamp_at_one=True, clip=True, divide=True, absolute=True, interpolation="linear"):
     flat = (x.abs() if absolute else x).reshape(x.shape[0] if per_sample else 1, -1)
-    s = torch.quantile(flat, p, dim=1)
+    s = torch.quantile(flat, p, dim=1, interpolation=interpolation)
     s = (s.clamp(min=1) if clamp_at_one else s).reshape(-1, 1, 1, 1)
     y = torch.maximum(torch.minimum(x, s), -s) if clip else x
     return y / s if divide else y
@@ -90,6 +74,58 @@ def _lowres(lowres, size, level, noise, order="right", schedule="cosine", resize
         return (a.sqrt() * up + (1 - a).sqrt() * noise) * 2 - 1
     c = up * 2 - 1 if order == "right" else up
     return a.sqrt() * c + (1 - a).sqrt() * noise
+
+
+def _masked_mean(h, m):
+    w = m.to(h.dtype)[..., None]
+    return (h * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+RIGHT_ANSWERS = {
+    "q_sample": lambda x0, t, n, ab: _abar(ab, t).sqrt() * x0 + (1 - _abar(ab, t)).sqrt() * n,
+    "predict_x0": lambda xt, t, e, ab: (xt - (1 - _abar(ab, t)).sqrt() * e) / _abar(ab, t).sqrt(),
+    "ddpm_step": _ddpm_with_noise,
+    "guidance": lambda c, u, w: u + w * (c - u),
+    "static_threshold": lambda x: x.clamp(-1, 1),
+    "dynamic_threshold": _dynamic,
+    "lowres_condition": _lowres,
+    "masked_mean": _masked_mean,
+}
+
+
+@pytest.mark.parametrize("exercise", sorted(ALL_CHECKS))
+def test_right_answer_passes_its_checker(exercise, capsys):
+    result = ALL_CHECKS[exercise](RIGHT_ANSWERS[exercise])
+    assert result.passed and result.status == "passed", result.message
+    assert capsys.readouterr().out.startswith(f"✅ {exercise} is correct (checked {result.cases_checked} cases)")
+    assert result.cases_checked >= 4
+
+
+# ------------------------------------------------------------- the wrong answers, as a student writes them
+_AUG = NoiseSchedule(1000, "cosine").alphas_cumprod  # the augmentation schedule, as exercise 5 gives it
+
+
+def _wrong_beta_step(x0, xt, t, tp, ab, n):  # beta' = 1 - alpha_bar_t, the cumulative noise, in DDPM eq. 7
+    a_t, a_prev = _abar(ab, t), _abar_prev(ab, tp)
+    beta = 1 - a_t
+    mean = a_prev.sqrt() * beta / (1 - a_t) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * xt
+    return mean + (beta * (1 - a_prev) / (1 - a_t)).sqrt() * n
+
+
+def _min_not_max_dynamic(x, p):
+    s = torch.quantile(x.abs().reshape(x.shape[0], -1), p, dim=1).clamp(max=1).reshape(-1, 1, 1, 1)
+    return torch.maximum(torch.minimum(x, s), -s) / s
+
+
+def _per_channel_dynamic(x, p):
+    s = torch.quantile(x.abs().reshape(x.shape[0], x.shape[1], -1), p, dim=2).clamp(min=1)[..., None, None]
+    return torch.maximum(torch.minimum(x, s), -s) / s
+
+
+def _sorted_index_dynamic(x, p):
+    values = x.abs().reshape(x.shape[0], -1).sort(dim=1).values
+    s = values[:, min(int(p * values.shape[1]), values.shape[1] - 1)].clamp(min=1).reshape(-1, 1, 1, 1)
+    return torch.maximum(torch.minimum(x, s), -s) / s
 
 
 MISTAKES = [  # (exercise, what the student did, the function, a fragment the verdict must contain)
@@ -108,6 +144,21 @@ MISTAKES = [  # (exercise, what the student did, the function, a fragment the ve
     ("q_sample", "alpha_bar[t] of shape (B,) not reshaped",
      lambda x0, t, n, ab: ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * n, "must be reshaped to (B, 1, 1, 1)"),
     ("q_sample", "forgot the return", lambda x0, t, n, ab: None, "forget the `return`"),
+    ("q_sample", "draws fresh noise", lambda x0, t, n, ab: _abar(ab, t).sqrt() * x0
+     + (1 - _abar(ab, t)).sqrt() * torch.randn_like(x0), "draws its own random noise"),
+    ("q_sample", "makes its own seeded noise",
+     lambda x0, t, n, ab: _abar(ab, t).sqrt() * x0 + (1 - _abar(ab, t)).sqrt()
+     * torch.randn(x0.shape, generator=torch.Generator().manual_seed(0), dtype=x0.dtype), "does not change when"),
+    ("q_sample", "1 - sqrt(alpha_bar) for the noise",
+     lambda x0, t, n, ab: _abar(ab, t).sqrt() * x0 + (1 - _abar(ab, t).sqrt()) * n, "not 1 - sqrt(alpha_bar_t)"),
+    ("q_sample", "power 1/2 without brackets",
+     lambda x0, t, n, ab: _abar(ab, t) ** 1 / 2 * x0 + (1 - _abar(ab, t)) ** 1 / 2 * n, "came out as halves"),
+    ("q_sample", "alpha_bar at t - 1", lambda x0, t, n, ab: _abar(ab, t - 1).sqrt() * x0
+     + (1 - _abar(ab, t - 1)).sqrt() * n, "wraps round to the *last* entry"),
+    ("q_sample", "alpha_bar at t + 1 (first case has no t = T-1)", lambda x0, t, n, ab: _abar(ab, t + 1).sqrt() * x0
+     + (1 - _abar(ab, t + 1)).sqrt() * n, "looked up at t + 1"),
+    ("q_sample", "noise subtracted", lambda x0, t, n, ab: _abar(ab, t).sqrt() * x0 - (1 - _abar(ab, t)).sqrt() * n,
+     "noise term was subtracted"),
     ("predict_x0", "did not divide by sqrt(alpha_bar)",
      lambda xt, t, e, ab: xt - (1 - _abar(ab, t)).sqrt() * e, "off by a factor sqrt(alpha_bar_t)"),
     ("predict_x0", "divided by alpha_bar", lambda xt, t, e, ab: (xt - (1 - _abar(ab, t)).sqrt() * e) / _abar(ab, t),
@@ -116,6 +167,21 @@ MISTAKES = [  # (exercise, what the student did, the function, a fragment the ve
      lambda xt, t, e, ab: (xt + (1 - _abar(ab, t)).sqrt() * e) / _abar(ab, t).sqrt(), "added instead of subtracted"),
     ("predict_x0", "1 - alpha_bar without square root",
      lambda xt, t, e, ab: (xt - (1 - _abar(ab, t)) * e) / _abar(ab, t).sqrt(), "instead of sqrt(1 - alpha_bar_t)"),
+    ("predict_x0", "1 - sqrt(alpha_bar) for the noise",
+     lambda xt, t, e, ab: (xt - (1 - _abar(ab, t).sqrt()) * e) / _abar(ab, t).sqrt(), "not 1 - sqrt(alpha_bar_t)"),
+    ("predict_x0", "brackets missing: only eps divided",
+     lambda xt, t, e, ab: xt - (1 - _abar(ab, t)).sqrt() * e / _abar(ab, t).sqrt(), "only the noise term was divided"),
+    ("predict_x0", "brackets missing: only x_t divided",
+     lambda xt, t, e, ab: xt / _abar(ab, t).sqrt() - (1 - _abar(ab, t)).sqrt() * e, "only x_t was divided"),
+    ("predict_x0", "divided by the noise coefficient",
+     lambda xt, t, e, ab: (xt - (1 - _abar(ab, t)).sqrt() * e) / (1 - _abar(ab, t)).sqrt(),
+     "divided by the noise coefficient"),
+    ("predict_x0", "coefficients swapped",
+     lambda xt, t, e, ab: (xt - _abar(ab, t).sqrt() * e) / (1 - _abar(ab, t)).sqrt(), "coefficients swapped"),
+    ("predict_x0", "alpha_bar at t - 1",
+     lambda xt, t, e, ab: (xt - (1 - _abar(ab, t - 1)).sqrt() * e) / _abar(ab, t - 1).sqrt(), "looked up at t - 1"),
+    ("predict_x0", "power 1/2 without brackets",
+     lambda xt, t, e, ab: (xt - (1 - _abar(ab, t)) ** 1 / 2 * e) / _abar(ab, t) ** 1 / 2, "came out as halves"),
     ("ddpm_step", "no noise", lambda x0, xt, t, tp, ab, n: _posterior(x0, xt, t, tp, ab)[0], "ignores `noise`"),
     ("ddpm_step", "sigma^2 = beta and noise at every step (also the last)",
      lambda x0, xt, t, tp, ab, n: _posterior(x0, xt, t, tp, ab)[0] + _posterior(x0, xt, t, tp, ab)[2].sqrt() * n,
@@ -134,14 +200,43 @@ MISTAKES = [  # (exercise, what the student did, the function, a fragment the ve
     ("ddpm_step", "t[0] and t_prev[0] for the whole batch",
      lambda x0, xt, t, tp, ab, n: _ddpm_with_noise(x0, xt, t[:1].expand(len(t)), tp[:1].expand(len(t)), ab, n),
      "the same step"),
-    ("guidance", "w and 1 - w swapped", lambda c, u, w: w * u + (1 - w) * c, "w and (1 - w) are swapped"),
+    ("ddpm_step", "draws fresh noise",
+     lambda x0, xt, t, tp, ab, n: _ddpm_with_noise(x0, xt, t, tp, ab, torch.randn_like(xt)), "draws its own random"),
+    ("ddpm_step", "1 - sqrt(beta) in the mean", lambda x0, xt, t, tp, ab, n: _posterior(x0, xt, t, tp, ab)[0]
+     + (1 - _posterior(x0, xt, t, tp, ab)[2].sqrt() - (1 - _posterior(x0, xt, t, tp, ab)[2]).sqrt())
+     * (1 - _abar_prev(ab, tp)) / (1 - _abar(ab, t)) * xt + _posterior(x0, xt, t, tp, ab)[1].sqrt() * n,
+     "not 1 - sqrt(beta')"),
+    ("ddpm_step", "divided by 1 - alpha_bar_prev", lambda x0, xt, t, tp, ab, n: _posterior(x0, xt, t, tp, ab)[0]
+     + (_posterior(x0, xt, t, tp, ab)[2] * (1 - _abar(ab, t)) / (1 - _abar_prev(ab, tp))).sqrt() * n,
+     "divided by 1 - alpha_bar_prev"),
+    ("ddpm_step", "beta' = 1 - alpha_bar_t", lambda x0, xt, t, tp, ab, n: _wrong_beta_step(x0, xt, t, tp, ab, n),
+     "beta' was taken as 1 - alpha_bar_t"),
+    ("ddpm_step", "square root of beta' only", lambda x0, xt, t, tp, ab, n: _posterior(x0, xt, t, tp, ab)[0]
+     + _posterior(x0, xt, t, tp, ab)[2].sqrt() * (1 - _abar_prev(ab, tp)) / (1 - _abar(ab, t)) * n,
+     "must cover the whole variance"),
+    ("guidance", "w and 1 - w swapped", lambda c, u, w: w * u + (1 - w) * c, "are swapped"),
     ("guidance", "guided from the conditional prediction", lambda c, u, w: c + w * (c - u),
      "extrapolated from the conditional prediction"),
     ("guidance", "forgot the difference", lambda c, u, w: u + w * c, "*difference*"),
+    ("guidance", "cond and uncond swapped", lambda c, u, w: c + w * (u - c), "pred_cond and pred_uncond are swapped"),
+    ("guidance", "brackets missing", lambda c, u, w: u + w * c - u, "brackets are missing"),
+    ("guidance", "w applied to the unconditional term", lambda c, u, w: w * u + (c - u), "w multiplies the wrong term"),
+    ("guidance", "w - 1 from the unconditional prediction", lambda c, u, w: u + (w - 1) * (c - u), "w - 1"),
+    ("guidance", "difference subtracted", lambda c, u, w: u - w * (c - u), "the difference was subtracted"),
+    ("guidance", "no starting point", lambda c, u, w: w * (c - u), "starts from pred_uncond"),
     ("static_threshold", "no clipping", lambda x: x, "were not clipped"),
     ("static_threshold", "clipped to [0, 1]", lambda x: x.clamp(0, 1), "clipped to [0, 1]"),
     ("static_threshold", "mapped to the display range", lambda x: (x.clamp(-1, 1) + 1) / 2, "display range"),
     ("static_threshold", "rescaled by the maximum", lambda x: x / x.abs().max(), "rescaled by the largest value"),
+    ("static_threshold", "one-sided clip (upper only)", lambda x: x.clamp(max=1), "only values above 1 were clipped"),
+    ("static_threshold", "one-sided clip (lower only)", lambda x: torch.maximum(x, torch.tensor(-1.0)),
+     "only values below -1 were clipped"),
+    ("static_threshold", "min and max swapped", lambda x: torch.maximum(torch.minimum(x, torch.tensor(-1.0)),
+                                                                        torch.tensor(1.0)), "bounds are swapped"),
+    ("static_threshold", "each image divided by its maximum", lambda x: x / x.abs().amax(dim=(1, 2, 3), keepdim=True),
+     "divided each image by its largest"),
+    ("static_threshold", "clipped the absolute value", lambda x: x.abs().clamp(max=1), "the sign was lost"),
+    ("static_threshold", "tanh", torch.tanh, "squashed the values"),
     ("dynamic_threshold", "s not clamped at 1", lambda x, p: _dynamic(x, p, clamp_at_one=False),
      "s was not clamped at 1"),
     ("dynamic_threshold", "percentile over the whole batch", lambda x, p: _dynamic(x, p, per_sample=False),
@@ -153,6 +248,20 @@ MISTAKES = [  # (exercise, what the student did, the function, a fragment the ve
     ("dynamic_threshold", "percentile of x0, not |x0|", lambda x, p: _dynamic(x, p, absolute=False),
      "absolute values"),
     ("dynamic_threshold", "static clipping", lambda x, p: x.clamp(-1, 1), "that is static thresholding"),
+    ("dynamic_threshold", "min instead of max", lambda x, p: _min_not_max_dynamic(x, p), "min(1, percentile)"),
+    ("dynamic_threshold", "per-channel percentiles", lambda x, p: _per_channel_dynamic(x, p), "one s per channel"),
+    ("dynamic_threshold", "one-sided clip", lambda x, p: _dynamic(x, p, clip=False).clamp(max=1), "only one side"),
+    ("dynamic_threshold", "percentile without interpolation (lower)",
+     lambda x, p: _dynamic(x, p, interpolation="lower"), "linear interpolation between the two sorted values"),
+    ("dynamic_threshold", "percentile without interpolation (nearest)",
+     lambda x, p: _dynamic(x, p, interpolation="nearest"), "PyTorch's quantile"),
+    ("dynamic_threshold", "percentile by sorting and indexing at p n",
+     lambda x, p: _sorted_index_dynamic(x, p), "without interpolation"),
+    ("dynamic_threshold", "largest value instead of the percentile", lambda x, p: _dynamic(x, 1.0),
+     "the 100th percentile"),
+    ("dynamic_threshold", "percentile 1 - p", lambda x, p: _dynamic(x, 1 - p), "(1 - p) percentile"),
+    ("dynamic_threshold", "p given as a percentage", lambda x, p: _dynamic(x, p * 100), "not a percentage"),
+    ("dynamic_threshold", "clipped |x0|", lambda x, p: _dynamic(x.abs(), p), "the sign was lost"),
     ("lowres_condition", "noised before normalising", lambda lr, s, n, e: _lowres(lr, s, n, e, order="noise first"),
      "before normalising"),
     ("lowres_condition", "never normalised", lambda lr, s, n, e: _lowres(lr, s, n, e, order="no normalising"),
@@ -167,6 +276,27 @@ MISTAKES = [  # (exercise, what the student did, the function, a fragment the ve
     ("lowres_condition", "not upsampled", lambda lr, s, n, e: lr * 2 - 1, "was not upsampled"),
     ("lowres_condition", "level[0] for the whole batch", lambda lr, s, n, e: _lowres(lr, s, n[:1].expand(len(n)), e),
      "the same noise_level"),
+    ("lowres_condition", "draws fresh noise", lambda lr, s, n, e: _lowres(lr, s, n, torch.randn_like(e)),
+     "draws its own random noise"),
+    ("lowres_condition", "noise level index - 1",
+     lambda lr, s, n, e: _lowres(lr, s, n - 1, e), "wraps round to the *last* entry"),
+    ("lowres_condition", "1 - sqrt(alpha_bar)", lambda lr, s, n, e: _abar(_AUG, n).sqrt() * (upsample(lr, s) * 2 - 1)
+     + (1 - _abar(_AUG, n).sqrt()) * e, "not 1 - sqrt(alpha_bar_n)"),
+    ("lowres_condition", "noisy condition clipped", lambda lr, s, n, e: _lowres(lr, s, n, e).clamp(-1, 1),
+     "clipped the noisy condition"),
+    ("lowres_condition", "mapped to [-0.5, 0.5]", lambda lr, s, n, e: _lowres((lr + 0.5) / 2, s, n, e),
+     "[-0.5, 0.5]"),
+    ("lowres_condition", "inverse mapping", lambda lr, s, n, e: _lowres((lr + 3) / 4, s, n, e), "inverse mapping"),
+    ("lowres_condition", "bicubic resize", lambda lr, s, n, e: _lowres(lr, s, n, e, resize="bicubic"),
+     "another interpolation"),
+    ("lowres_condition", "noised at low resolution, then resized",
+     lambda lr, s, n, e: upsample(_lowres(lr, lr.shape[-1], n, downsample(e, lr.shape[-1])), s), "then resized it"),
+    ("lowres_condition", "noise added to the low-res image", lambda lr, s, n, e: _lowres(lr, lr.shape[-1], n, e),
+     "upsample the low-res image first"),
+    ("lowres_condition", "mapped to [-2, 0]", lambda lr, s, n, e: _lowres(lr - 0.5, s, n, e), "[-2, 0]"),
+    ("lowres_condition", "bilinear with corners aligned", lambda lr, s, n, e: _abar(_AUG, n).sqrt()
+     * (F.interpolate(lr, size=(s, s), mode="bilinear", align_corners=True) * 2 - 1) + (1 - _abar(_AUG, n)).sqrt() * e,
+     "another interpolation"),
     ("masked_mean", "plain mean over all L positions", lambda h, m: h.mean(dim=1), "padding tokens were averaged in"),
     ("masked_mean", "divided by the full length", lambda h, m: (h * m[..., None]).sum(1) / m.shape[1],
      "divided by the full length L"),
@@ -175,6 +305,12 @@ MISTAKES = [  # (exercise, what the student did, the function, a fragment the ve
     ("masked_mean", "summed, not averaged", lambda h, m: (h * m[..., None]).sum(1), "did not divide"),
     ("masked_mean", "averaged over D", lambda h, m: h.mean(dim=-1), "over the embedding dimension D"),
     ("masked_mean", "mask not broadcast over D", lambda h, m: (h * m).sum(1), "must become (B, L, 1)"),
+    ("masked_mean", "mask inverted", lambda h, m: _masked_mean(h, ~m), "averaged the padding positions"),
+    ("masked_mean", "divided by count + 1", lambda h, m: (h * m[..., None]).sum(1) / (m.sum(1, keepdim=True) + 1),
+     "+ 1"),
+    ("masked_mean", "divided by the batch's token count", lambda h, m: (h * m[..., None]).sum(1) / m.sum(),
+     "of the whole batch"),
+    ("masked_mean", "one mean for the whole batch", lambda h, m: h[m].mean(0), "all captions together"),
 ]
 
 
@@ -188,6 +324,69 @@ def test_each_common_mistake_is_caught_and_named(exercise, what, fn, fragment):
 def test_every_checker_has_at_least_two_named_mistakes():
     assert {m[0] for m in MISTAKES} == set(ALL_CHECKS)
     assert all(sum(m[0] == name for m in MISTAKES) >= 2 for name in ALL_CHECKS)
+
+
+# ----------------------------------------------------------- calling minimagen instead of writing the function
+LIBRARY_CALLS = [  # (exercise, the student's notebook cell, the minimagen function it calls)
+    ("q_sample", "from minimagen.diffusion import q_sample as library_q\n"
+                 "def q_sample(x0, t, noise, abar):\n    return library_q(x0, t, noise, abar)", "q_sample"),
+    ("q_sample", "import minimagen.diffusion\n"
+                 "def q_sample(x0, t, noise, abar):\n    return minimagen.diffusion.q_sample(x0, t, noise, abar)",
+     "q_sample"),
+    ("q_sample", "from minimagen import conditioning\n"  # the same function, held by another minimagen module
+                 "def q_sample(x0, t, noise, abar):\n    return conditioning.q_sample(x0, t, noise, abar)", "q_sample"),
+    ("q_sample", "from minimagen.diffusion import q_sample as library_q\n"  # the stand-in's error swallowed
+                 "def q_sample(x0, t, noise, abar):\n    try:\n        return library_q(x0, t, noise, abar)\n"
+                 "    except Exception:\n        return x0", "q_sample"),
+    ("q_sample", "def make():\n    from minimagen.diffusion import q_sample as lib\n"  # held only in a closure
+                 "    return lambda x0, t, noise, abar: lib(x0, t, noise, abar)\nq_sample = make()", "q_sample"),
+    ("predict_x0", "from minimagen.diffusion import x0_eps_from_model_output\n"
+                   "def predict_x0(x_t, t, eps, abar):\n"
+                   "    return x0_eps_from_model_output(eps, x_t, t, abar, 'epsilon')[0]", "x0_eps_from_model_output"),
+    ("ddpm_step", "from minimagen.diffusion import posterior_mean_variance\n"
+                  "def ddpm_step(x0, x_t, t, t_prev, abar, noise):\n"
+                  "    mean, var = posterior_mean_variance(x0, x_t, t, t_prev, abar)\n"
+                  "    return mean + var.sqrt() * noise", "posterior_mean_variance"),
+    ("guidance", "from minimagen import sampling\n"
+                 "def guidance(c, u, w):\n    return sampling.classifier_free_guidance(c, u, w)",
+     "classifier_free_guidance"),
+    ("static_threshold", "from minimagen.diffusion import apply_thresholding\n"
+                         "def static_threshold(x):\n    return apply_thresholding(x, 'static')", "apply_thresholding"),
+    ("dynamic_threshold", "import minimagen.diffusion as D\n"
+                          "def dynamic_threshold(x, p):\n    return D.dynamic_threshold(x, p)", "dynamic_threshold"),
+    ("lowres_condition", "from minimagen import prepare_lowres_condition\n"
+                         "def lowres_condition(lowres, size, level, noise):\n"
+                         "    return prepare_lowres_condition(lowres, size, level, noise=noise)",
+     "prepare_lowres_condition"),
+    ("masked_mean", "from minimagen.text_encoder import masked_mean as pool\n"
+                    "def masked_mean(h, m):\n    return pool(h, m)", "masked_mean"),
+]
+
+
+@pytest.mark.parametrize("exercise, source, name", LIBRARY_CALLS, ids=[f"{c[0]}: {c[2]}" for c in LIBRARY_CALLS])
+def test_calling_the_library_function_fails_and_leaves_everything_as_it_was(exercise, source, name):
+    namespace: dict = {}
+    exec(compile(source, "<student cell>", "exec"), namespace)
+    before = dict(namespace)
+    modules = {m: dict(vars(m)) for m in (diffusion, conditioning, text_encoder, sampling, minimagen)}
+    result = ALL_CHECKS[exercise](namespace[exercise], verbose=False)
+    assert not result.passed and result.status == "wrong", result.message
+    assert result.message.startswith(f"❌ your function calls minimagen's {name}: write it yourself"), result.message
+    assert all(namespace[k] is v for k, v in before.items()) and namespace.keys() == before.keys()
+    for module, attributes in modules.items():
+        assert all(vars(module)[k] is v for k, v in attributes.items()), module.__name__
+
+
+def test_passing_the_library_function_itself_fails():
+    result = ALL_CHECKS["q_sample"](diffusion.q_sample, verbose=False)
+    assert not result.passed and "you passed minimagen's q_sample itself" in result.message
+
+
+def test_library_functions_the_exercise_allows_may_be_called():
+    """Exercise 5 gives the library's q_sample and upsample; only prepare_lowres_condition is off limits."""
+    def lowres_condition(lowres, size, level, noise):
+        return diffusion.q_sample(upsample(lowres, size) * 2 - 1, level, noise, _AUG)
+    assert ALL_CHECKS["lowres_condition"](lowres_condition, verbose=False).passed
 
 
 # ------------------------------------------------------------------- stubs, exceptions, no code in messages
@@ -206,7 +405,7 @@ def test_stub_gets_not_implemented_yet_verdict_without_traceback(exercise, capsy
 def test_exception_in_student_code_is_reported_with_its_case():
     def breaks_at_999(x0, t, noise, abar):
         scale = 999 / (999 - int(t[0]))  # ZeroDivisionError on the third case, t = 999
-        return diffusion.q_sample(x0, t, noise, abar) * scale / scale
+        return RIGHT_ANSWERS["q_sample"](x0, t, noise, abar) * scale / scale
     message = ALL_CHECKS["q_sample"](breaks_at_999, verbose=False).message
     assert "raised ZeroDivisionError on case 't = T-1 = 999 for every image (almost pure noise)'" in message
 
@@ -226,7 +425,10 @@ def _library_source_lines() -> set[str]:
 
 def test_messages_never_contain_solution_code():
     code_lines = _library_source_lines()
-    messages = [ALL_CHECKS[m[0]](m[2], verbose=False).message for m in MISTAKES]
+    results = [ALL_CHECKS[m[0]](m[2], verbose=False) for m in MISTAKES]
+    # an error verdict quotes the student's own exception (e.g. PyTorch's "quantile() q must be ..."): check the rest
+    messages = [r.message.split(" raised ")[0] + r.message.rsplit(" (", 1)[-1] if r.status == "error" else r.message
+                for r in results]
     for message in messages:
         assert not any(line in message for line in code_lines), message
         for token in ("torch.", "return ", "def ", ".sqrt(", ".clamp(", "quantile(", ".reshape(", "import "):

@@ -9,17 +9,20 @@ and 1, empty masks, ...), compares it with the library function, and prints one 
     ❌ q_sample is wrong on case 'a batch of 1 at t = 500': the noise is scaled by (1 - alpha_bar_t) instead ...
     ⏳ q_sample is not implemented yet: replace the line that raises NotImplementedError with your code, ...
 
-Known mistakes are recognised by comparing the student's output with wrong variants built from library pieces,
-so the message says *what* is wrong, never how the library writes it.
+Typical mistakes are diagnosed by running the student's function on crafted inputs and comparing its output with
+what that one wrong formula gives (1 - sqrt(a) for sqrt(1 - a), alpha_bar at t - 1, a one-sided clip, ...), so
+the message says *what* is wrong, never how the library writes it. Fresh noise drawn inside the function, and
+calls to the very minimagen function the exercise re-implements, are caught too.
 
-Map: `grading.py` (CheckResult, run_check, when_implemented) -> `diffusion_checks.py` and
-`conditioning_checks.py` (one check_* per exercise) -> `notebooks.py` (student notebooks generated from the
-solutions: `python -m minimagen.exercises --make-student-notebooks`).
+Map: `grading.py` (CheckResult, run_check, library_calls_flagged, when_implemented) -> `diffusion_checks.py`
+(exercises 1-2), `guidance_checks.py` (3-4), `conditioning_checks.py` (5-6): one check_* per function ->
+`notebooks.py` (student notebooks generated from the solutions: `python -m minimagen.exercises
+--make-student-notebooks`).
 """
 from .conditioning_checks import check_lowres_condition, check_masked_mean
-from .diffusion_checks import (check_ddpm_step, check_dynamic_threshold, check_guidance, check_predict_x0,
-                               check_q_sample, check_static_threshold)
+from .diffusion_checks import check_ddpm_step, check_predict_x0, check_q_sample
 from .grading import CheckResult, when_implemented
+from .guidance_checks import check_dynamic_threshold, check_guidance, check_static_threshold
 
 ALL_CHECKS = {"q_sample": check_q_sample, "predict_x0": check_predict_x0, "ddpm_step": check_ddpm_step,
               "guidance": check_guidance, "static_threshold": check_static_threshold,

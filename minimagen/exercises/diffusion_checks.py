@@ -1,20 +1,17 @@
-"""Checkers for the diffusion exercises: forward process, one DDPM step, guidance, thresholding.
+"""Checkers for the diffusion exercises 1 and 2: the forward process, its inverse, one DDPM step.
 
 Every checker builds its cases from a fixed seed (the same verdict on every run), in float64, computes the
 expected outputs with the *library* function (the single source of truth: no second copy of the maths here)
-and lists the common mistakes as wrong variants, built from the same library functions with one thing
-changed (a coefficient squared, two arguments swapped, one timestep for the whole batch, ...) or, where no
-library piece fits, written out in one line next to the diagnosis it stands for.
+and lists the typical mistakes as wrong variants: the output a student making that one mistake gets on the
+same case (a coefficient without its square root, 1 - sqrt(a) for sqrt(1 - a), alpha_bar looked up at t - 1,
+brackets missing, ...), each written out in one line next to the diagnosis it stands for.
 
     check_q_sample(fn)           fn(x0, t, noise, alphas_cumprod) -> x_t                  diffusion.q_sample
     check_predict_x0(fn)         fn(x_t, t, eps, alphas_cumprod) -> x0                    diffusion.x0_from_eps
     check_ddpm_step(fn)          fn(x0, x_t, t, t_prev, alphas_cumprod, noise) -> x_prev  diffusion.ddpm_step
-    check_guidance(fn)           fn(pred_cond, pred_uncond, w) -> guided prediction       classifier_free_guidance
-    check_static_threshold(fn)   fn(x0) -> x0 clipped to [-1, 1]                          static_threshold
-    check_dynamic_threshold(fn)  fn(x0, p) -> x0 rescaled per image                       dynamic_threshold
 
 t and t_prev are LongTensors of shape (B,), one timestep per sample (t_prev = -1: the clean image); images
-are (B, 3, H, W); alphas_cumprod is a float64 tensor (T,).
+are (B, 3, H, W); alphas_cumprod is a float64 tensor (T,). Guidance and thresholding: `guidance_checks.py`.
 """
 from __future__ import annotations
 
@@ -23,9 +20,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..diffusion import (NoiseSchedule, classifier_free_guidance, ddpm_step, dynamic_threshold,
-                         posterior_mean_variance, q_sample, static_threshold, x0_from_eps)
-from .grading import (F64, Case, CheckResult, extra_dims_hint, images64, one_value_for_all, randn64, rng,
+from ..diffusion import (NoiseSchedule, ddpm_step, posterior_mean_variance, q_sample, x0_eps_from_model_output,
+                         x0_from_eps)
+from .grading import (Case, CheckResult, extra_dims_hint, images64, noise_probes, one_value_for_all, randn64, rng,
                       run_check)
 
 # ------------------------------------------------------------------------------ 1. the forward process
@@ -35,8 +32,33 @@ NOISE_NOT_SQRT = ("the noise is scaled by (1 - alpha_bar_t) instead of sqrt(1 - 
                   "the noise *variance*, its standard deviation is the square root")
 BOTH_NOT_SQRT = ("both coefficients lack their square root: use sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), "
                  "not alpha_bar_t and 1 - alpha_bar_t")
+SQRT_OUTSIDE = ("the square root is in the wrong place: the noise coefficient is sqrt(1 - alpha_bar_t), the root "
+                "of the whole difference, not 1 - sqrt(alpha_bar_t)")
+HALVED = ("your square roots came out as halves: raising to the power 1/2 without brackets around 1/2 computes "
+          "(alpha_bar_t to the power 1) / 2, because the power is evaluated before the division")
 SWAPPED = ("the signal and noise coefficients are swapped: x0 must be multiplied by sqrt(alpha_bar_t) (close to "
            "1 at small t) and the noise by sqrt(1 - alpha_bar_t)")
+NOISE_SUBTRACTED = "the noise term was subtracted: x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise"
+T_MINUS_ONE = ("alpha_bar was looked up at t - 1 instead of t: alphas_cumprod[t] already belongs to timestep t "
+               "(timesteps count from 0), and at t = 0 the index t - 1 = -1 wraps round to the *last* entry, "
+               "alpha_bar_{T-1}, which turns an almost clean image into almost pure noise")
+T_PLUS_ONE = ("alpha_bar was looked up at t + 1 instead of t: alphas_cumprod[t] already belongs to timestep t "
+              "(and at t = T-1 the index t + 1 does not exist)")
+
+
+def _lookup(abar: Tensor, t: Tensor) -> Tensor:
+    """alphas_cumprod[t] as (B, 1, 1, 1), indexed the way a student indexes (index -1 wraps to the end)."""
+    return abar[t].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+
+
+def _off_by_one(abar: Tensor, t: Tensor) -> list[tuple[str, Tensor]]:
+    """(diagnosis, alpha_bar as looked up by that mistake) for t - 1 (wrapping, clamped, or 1 at t = 0) and t + 1."""
+    T = len(abar)
+    wrong = [(T_MINUS_ONE, _lookup(abar, t - 1)), (T_MINUS_ONE, _lookup(abar, (t - 1).clamp(min=0))),
+             (T_MINUS_ONE, torch.where(t > 0, abar[(t - 1).clamp(min=0)], 1.0).reshape(-1, 1, 1, 1))]
+    if (t < T - 1).all():  # at t = T-1 the student's t + 1 raises an IndexError, explained by the error hint
+        wrong.append((T_PLUS_ONE, _lookup(abar, t + 1)))
+    return wrong
 
 
 def _timestep_cases(seed: int, inputs: Callable[[torch.Generator, Tensor, Tensor], tuple],
@@ -62,17 +84,19 @@ def check_q_sample(fn: Callable, verbose: bool = True) -> CheckResult:
         return images64(g, len(t)), t, randn64(g, len(t), 3, 8, 8), abar
 
     def mistakes(x0, t, noise, abar):
-        zero = torch.zeros_like(x0)
-        signal = lambda ab: q_sample(x0, t, zero, ab)  # sqrt(ab_t) x0; with ab = abar^2 it is abar_t x0
-        noise_part = lambda ab: q_sample(zero, t, noise, ab)  # sqrt(1 - ab_t) eps; ab = 1 - (1 - abar)^2 -> (1 - abar)
-        return [(BOTH_NOT_SQRT, signal(abar**2) + noise_part(1 - (1 - abar) ** 2)),
-                (SIGNAL_NOT_SQRT, signal(abar**2) + noise_part(abar)),
-                (NOISE_NOT_SQRT, signal(abar) + noise_part(1 - (1 - abar) ** 2)),
-                (SWAPPED, q_sample(noise, t, x0, abar)),  # sqrt(abar) eps + sqrt(1 - abar) x0
+        a = _lookup(abar, t)
+        x_t = lambda signal, noise_coef: signal * x0 + noise_coef * noise  # one wrong pair of coefficients
+        return [(BOTH_NOT_SQRT, x_t(a, 1 - a)), (SIGNAL_NOT_SQRT, x_t(a, (1 - a).sqrt())),
+                (NOISE_NOT_SQRT, x_t(a.sqrt(), 1 - a)), (SQRT_OUTSIDE, x_t(a.sqrt(), 1 - a.sqrt())),
+                (HALVED, x_t(a / 2, (1 - a) / 2)), (HALVED, x_t(a.sqrt(), (1 - a) / 2)),
+                (HALVED, x_t(a / 2, (1 - a).sqrt())),
+                (SWAPPED, x_t((1 - a).sqrt(), a.sqrt())), (NOISE_SUBTRACTED, x_t(a.sqrt(), -(1 - a).sqrt())),
+                *[(why, x_t(b.sqrt(), (1 - b).sqrt())) for why, b in _off_by_one(abar, t)],
                 *one_value_for_all(t, lambda v: q_sample(x0, v, noise, abar))]
 
-    return run_check("q_sample", fn, _timestep_cases(0, inputs, q_sample), mistakes, shape_hint=extra_dims_hint,
-                     verbose=verbose)
+    cases = _timestep_cases(0, inputs, q_sample)
+    return run_check("q_sample", fn, cases, mistakes, probes=noise_probes(cases[0].name, cases[0].args, 2),
+                     shape_hint=extra_dims_hint, library={"q_sample": q_sample}, verbose=verbose)
 
 
 NOT_DIVIDED = ("you did not divide by sqrt(alpha_bar_t): your x0 is off by a factor sqrt(alpha_bar_t) "
@@ -80,7 +104,15 @@ NOT_DIVIDED = ("you did not divide by sqrt(alpha_bar_t): your x0 is off by a fac
 MULTIPLIED = "you multiplied by sqrt(alpha_bar_t) where you must divide by it: off by a factor alpha_bar_t"
 DIVIDED_BY_ABAR = ("you divided by alpha_bar_t instead of sqrt(alpha_bar_t): off by a factor "
                    "1 / sqrt(alpha_bar_t)")
+DIVIDED_BY_NOISE_COEF = ("you divided by the noise coefficient sqrt(1 - alpha_bar_t); x0 is multiplied by "
+                         "sqrt(alpha_bar_t) in x_t, so that is the coefficient to divide by")
 SIGN = "the noise was added instead of subtracted: x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)"
+ONLY_EPS_DIVIDED = ("only the noise term was divided by sqrt(alpha_bar_t) (brackets missing): the whole difference "
+                    "x_t - sqrt(1 - alpha_bar_t) eps must be divided")
+ONLY_XT_DIVIDED = ("only x_t was divided by sqrt(alpha_bar_t) (brackets missing): the whole difference "
+                   "x_t - sqrt(1 - alpha_bar_t) eps must be divided")
+COEFFICIENTS_SWAPPED = ("you solved x_t = sqrt(1 - alpha_bar_t) x0 + sqrt(alpha_bar_t) eps, with the two "
+                        "coefficients swapped: x0 carries sqrt(alpha_bar_t) and the noise sqrt(1 - alpha_bar_t)")
 
 
 def check_predict_x0(fn: Callable, verbose: bool = True) -> CheckResult:
@@ -90,17 +122,24 @@ def check_predict_x0(fn: Callable, verbose: bool = True) -> CheckResult:
         return q_sample(x0, t, eps, abar), t, eps, abar
 
     def mistakes(x_t, t, eps, abar):
-        zero = torch.zeros_like(x_t)
-        right = x0_from_eps(x_t, t, eps, abar)
-        times_sqrt = lambda x: q_sample(x, t, zero, abar)  # sqrt(abar_t) x
-        return [(NOT_DIVIDED, times_sqrt(right)),
-                (MULTIPLIED, times_sqrt(times_sqrt(right))),
-                (DIVIDED_BY_ABAR, x0_from_eps(right, t, zero, abar)),  # right / sqrt(abar_t)
-                (NOISE_NOT_SQRT, x0_from_eps(x_t, t, q_sample(zero, t, eps, abar), abar)),  # eps -> sqrt(1-abar) eps
-                (SIGN, x0_from_eps(x_t, t, -eps, abar)),
+        a = _lookup(abar, t)
+        solved = lambda a, noise_coef, divisor: (x_t - noise_coef * eps) / divisor  # one wrong solution of eq. 4
+        return [(NOT_DIVIDED, solved(a, (1 - a).sqrt(), 1)), (MULTIPLIED, solved(a, (1 - a).sqrt(), 1 / a.sqrt())),
+                (DIVIDED_BY_ABAR, solved(a, (1 - a).sqrt(), a)),
+                (DIVIDED_BY_NOISE_COEF, solved(a, (1 - a).sqrt(), (1 - a).sqrt())),
+                (NOISE_NOT_SQRT, solved(a, 1 - a, a.sqrt())), (SQRT_OUTSIDE, solved(a, 1 - a.sqrt(), a.sqrt())),
+                *[(HALVED, solved(a, noise_coef, divisor))  # "/ a ** 1/2" is "/ a / 2"; "/ (a ** 1/2)" is "/ (a / 2)"
+                  for noise_coef, divisor in [((1 - a) / 2, a / 2), ((1 - a) / 2, 2 * a), ((1 - a) / 2, a.sqrt()),
+                                              ((1 - a).sqrt(), a / 2), ((1 - a).sqrt(), 2 * a)]],
+                (SIGN, solved(a, -(1 - a).sqrt(), a.sqrt())),
+                (ONLY_EPS_DIVIDED, x_t - (1 - a).sqrt() * eps / a.sqrt()),
+                (ONLY_XT_DIVIDED, x_t / a.sqrt() - (1 - a).sqrt() * eps),
+                (COEFFICIENTS_SWAPPED, solved(a, a.sqrt(), (1 - a).sqrt())),
+                *[(why, solved(b, (1 - b).sqrt(), b.sqrt())) for why, b in _off_by_one(abar, t)],
                 *one_value_for_all(t, lambda v: x0_from_eps(x_t, v, eps, abar))]
 
     return run_check("predict_x0", fn, _timestep_cases(1, inputs, x0_from_eps), mistakes, shape_hint=extra_dims_hint,
+                     library={"x0_from_eps": x0_from_eps, "x0_eps_from_model_output": x0_eps_from_model_output},
                      verbose=verbose)
 
 
@@ -111,10 +150,18 @@ NO_NOISE = ("your step ignores `noise`: every step except the last must add sqrt
             "DDPM sampling is deterministic and its images come out smooth and washed out")
 VARIANCE_NOT_STD = ("the noise is scaled by the variance beta_tilde instead of the standard deviation "
                     "sqrt(beta_tilde)")
+ROOT_OF_BETA_ONLY = ("the noise is scaled by sqrt(beta') (1 - alpha_bar_prev) / (1 - alpha_bar_t): the square "
+                     "root must cover the whole variance beta_tilde, the fraction included")
 FIXED_LARGE = ("the noise is scaled by sqrt(beta') with beta' = 1 - alpha_bar_t / alpha_bar_prev (DDPM's other, "
                "'fixed large' choice); this exercise uses the posterior variance "
                "beta_tilde = beta' (1 - alpha_bar_prev) / (1 - alpha_bar_t)")
 MEAN_SWAPPED = "the coefficients of x0 and x_t in the posterior mean are swapped"
+SQRT_OUTSIDE_MEAN = ("the square root is in the wrong place in the x_t coefficient of the mean: it is "
+                     "sqrt(1 - beta') = sqrt(alpha'), not 1 - sqrt(beta')")
+WRONG_DENOMINATOR = ("you divided by 1 - alpha_bar_prev where the posterior divides by 1 - alpha_bar_t (in the "
+                     "mean's coefficients and in beta_tilde the denominator is always 1 - alpha_bar_t)")
+CUMULATIVE_BETA = ("beta' was taken as 1 - alpha_bar_t: for a jump from t to t_prev it is "
+                   "1 - alpha_bar_t / alpha_bar_prev (the noise added between t_prev and t only)")
 ONE_STEP_ONLY = ("your step lands on t - 1 instead of t_prev: samplers skip steps (e.g. 999 -> 749), so use "
                  "alpha_bar at t_prev (alpha_bar_prev), not the single-step alpha_t")
 
@@ -168,11 +215,27 @@ def check_ddpm_step(fn: Callable, verbose: bool = True) -> CheckResult:
         return (name, NO_NOISE) if same_with_two_noises(call, name, 500, 250) is True else None
 
     def mistakes(x0, x_t, t, t_prev, schedule, noise):
+        a_t, a_prev = _abar_with_clean(schedule, t), _abar_with_clean(schedule, t_prev)  # (B, 1, 1, 1) each
+
+        def step(beta, denominator=None, mean_denominator=None, x_t_coef=None, std=None):
+            """x_prev with one piece of DDPM eq. 7 replaced (defaults: the right piece)."""
+            d = 1 - a_t if denominator is None else denominator
+            d_mean = d if mean_denominator is None else mean_denominator
+            c_xt = (1 - beta).sqrt() if x_t_coef is None else x_t_coef
+            mean = a_prev.sqrt() * beta / d_mean * x0 + c_xt * (1 - a_prev) / d_mean * x_t
+            return mean + (beta * (1 - a_prev) / d).sqrt() * noise if std is None else mean + std * noise
+
+        beta = 1 - a_t / a_prev  # beta' of the jump
         mean, variance = posterior_mean_variance(x0, x_t, t, t_prev, schedule)
-        beta = 1 - _abar_with_clean(schedule, t) / _abar_with_clean(schedule, t_prev)  # beta' of the jump
         swapped_mean, _ = posterior_mean_variance(x_t, x0, t, t_prev, schedule)
         wrong = [(NO_NOISE, mean), (VARIANCE_NOT_STD, mean + variance * noise),
-                 (FIXED_LARGE, mean + beta.sqrt() * noise), (MEAN_SWAPPED, swapped_mean + variance.sqrt() * noise)]
+                 (ROOT_OF_BETA_ONLY, mean + beta.sqrt() * (1 - a_prev) / (1 - a_t) * noise),
+                 (FIXED_LARGE, mean + beta.sqrt() * noise), (MEAN_SWAPPED, swapped_mean + variance.sqrt() * noise),
+                 (SQRT_OUTSIDE_MEAN, step(beta, x_t_coef=1 - beta.sqrt())),
+                 (WRONG_DENOMINATOR, step(beta, denominator=1 - a_prev)),
+                 (WRONG_DENOMINATOR, step(beta, mean_denominator=1 - a_prev)),
+                 (WRONG_DENOMINATOR, mean + (beta * (1 - a_t) / (1 - a_prev)).sqrt() * noise),
+                 (CUMULATIVE_BETA, step(1 - a_t))]
         if (t_prev != t - 1).any():
             one_mean, one_var = posterior_mean_variance(x0, x_t, t, t - 1, schedule)
             wrong.append((ONE_STEP_ONLY, one_mean + one_var.sqrt() * noise))
@@ -183,98 +246,10 @@ def check_ddpm_step(fn: Callable, verbose: bool = True) -> CheckResult:
                        f"t_prev[b]; index alpha_bar per sample", m + var.sqrt() * noise)]
         return wrong
 
-    return run_check("ddpm_step", fn, cases, mistakes, probes=[last_step_is_noise_free, middle_step_uses_noise],
-                     shape_hint=extra_dims_hint, verbose=verbose)
-
-
-# ------------------------------------------------------------------------- 3. classifier-free guidance
-WEIGHTS_SWAPPED = ("w and (1 - w) are swapped: the unconditional prediction got weight w and the conditional one "
-                   "1 - w; at w = 0 you must get the unconditional prediction back, at w = 1 the conditional one")
-FROM_COND = ("you extrapolated from the conditional prediction, pred_cond + w (pred_cond - pred_uncond) (Ho & "
-             "Salimans' convention, where w = 0 means no guidance); Imagen's formula starts from the unconditional "
-             "one, pred_uncond + w (pred_cond - pred_uncond), so that w = 1 means no guidance")
-NO_DIFFERENCE = "the guidance term must be w times the *difference* (pred_cond - pred_uncond), not w times pred_cond"
-
-
-def check_guidance(fn: Callable, verbose: bool = True) -> CheckResult:
-    """fn(pred_cond, pred_uncond, w) -> pred_uncond + w (pred_cond - pred_uncond)."""
-    g = rng(3)
-    cases = []
-    for name, w, batch, hint in [
-            ("a batch of 4 at w = 5", 5.0, 4, ""),
-            ("w = 1: no guidance", 1.0, 2, "At w = 1 the result must be pred_cond exactly (no guidance)."),
-            ("w = 0: unconditional", 0.0, 2, "At w = 0 the result must be pred_uncond exactly."),
-            ("a batch of 1 at w = 7.5", 7.5, 1, ""),
-            ("a batch of 3 at w = 2", 2.0, 3, "")]:
-        cond, uncond = randn64(g, batch, 3, 8, 8), randn64(g, batch, 3, 8, 8)
-        cases.append(Case(name, (cond, uncond, w), classifier_free_guidance(cond, uncond, w), hint))
-
-    def mistakes(cond, uncond, w):
-        return [(WEIGHTS_SWAPPED, classifier_free_guidance(uncond, cond, w)),  # w u + (1 - w) c
-                (FROM_COND, classifier_free_guidance(cond, uncond, w + 1)),  # c + w (c - u) = u + (w + 1)(c - u)
-                (NO_DIFFERENCE, uncond + w * cond)]
-
-    return run_check("guidance", fn, cases, mistakes, verbose=verbose)
-
-
-# ---------------------------------------------------------------------------------------- 4. thresholding
-NOT_CLIPPED = "values outside [-1, 1] were not clipped: static thresholding clips x0 to [-1, 1]"
-CLIPPED_01 = "you clipped to [0, 1]: diffusion works on images in [-1, 1], so x0 must be clipped to [-1, 1]"
-TO_DISPLAY = "you clipped and then mapped to [0, 1] (the display range); thresholding must stay in [-1, 1]"
-RESCALED = "you rescaled by the largest value instead of clipping: static thresholding clips to [-1, 1]"
-
-
-def check_static_threshold(fn: Callable, verbose: bool = True) -> CheckResult:
-    """fn(x0) -> x0 clipped to [-1, 1]."""
-    g = rng(4)
-    inputs = [("a batch of 4 with values up to about 6", 2 * randn64(g, 4, 3, 8, 8)),
-              ("values already inside [-1, 1] (nothing may change)", images64(g, 2)),
-              ("a batch of 1 with values up to about 100", 30 * randn64(g, 1, 3, 8, 8)),
-              ("exactly -1, 0 and 1 (the borders stay)", torch.tensor([-1.0, 0.0, 1.0], dtype=F64).repeat(2, 3, 1, 1))]
-    cases = [Case(name, (x,), static_threshold(x)) for name, x in inputs]
-
-    def mistakes(x):
-        return [(NOT_CLIPPED, x), (CLIPPED_01, x.clamp(0, 1)), (TO_DISPLAY, (static_threshold(x) + 1) / 2),
-                (RESCALED, x / x.abs().max())]
-
-    return run_check("static_threshold", fn, cases, mistakes, verbose=verbose)
-
-
-S_NOT_CLAMPED = ("s was not clamped at 1: an image already inside [-1, 1] (percentile s < 1) got stretched; "
-                 "use s = max(1, percentile) so such images stay unchanged")
-WHOLE_BATCH = ("the percentile was taken over the whole batch: compute one s per image, over that image's "
-               "C*H*W values, so one saturated image does not rescale the others")
-NOT_CLIPPED_DYN = ("you divided by s without clipping to [-s, s] first: the values beyond the percentile end up "
-                   "outside [-1, 1]")
-NOT_DIVIDED_DYN = "you clipped to [-s, s] but did not divide by s: the result must lie in [-1, 1]"
-SIGNED_PERCENTILE = "the percentile must be taken of the absolute values |x0|, not of x0 itself"
-STATIC_NOT_DYNAMIC = ("that is static thresholding (clipping to [-1, 1]); dynamic thresholding clips to [-s, s] "
-                      "and divides by s")
-
-
-def check_dynamic_threshold(fn: Callable, verbose: bool = True) -> CheckResult:
-    """fn(x0, p) -> clip(x0, -s, s) / s per image, s = max(1, p-quantile of |x0|)."""
-    g = rng(5)
-
-    def scaled(scales: list) -> Tensor:
-        return randn64(g, len(scales), 3, 8, 8) * torch.tensor(scales, dtype=F64).reshape(-1, 1, 1, 1)  # (B, 3, 8, 8)
-
-    inputs = [("a batch of 3 (one inside [-1, 1], two over-saturated), p = 0.95", scaled([0.3, 1.5, 3.0]), 0.95),
-              ("a batch of 2 inside [-0.5, 0.5]: s < 1 must become 1, nothing changes", images64(g, 2) / 2, 0.95),
-              ("a batch of 1 with values up to about 10, p = 0.9", scaled([4.0]), 0.9),
-              ("p = 1.0 (s = the largest |value| of each image)", scaled([2.0, 0.5]), 1.0),
-              ("4 images of very different scales, p = 0.99", scaled([0.5, 1.0, 4.0, 20.0]), 0.99)]
-    cases = [Case(name, (x, p), dynamic_threshold(x, p)) for name, x, p in inputs]
-
-    def mistakes(x, p):
-        flat = x.abs().reshape(x.shape[0], -1)  # (B, C*H*W)
-        q = torch.quantile(flat, p, dim=1).reshape(-1, 1, 1, 1)  # (B, 1, 1, 1) percentile of |x0| per image
-        s = q.clamp(min=1)
-        q_signed = torch.quantile(x.reshape(x.shape[0], -1), p, dim=1).clamp(min=1).reshape(-1, 1, 1, 1)
-        return [(STATIC_NOT_DYNAMIC, static_threshold(x)),
-                (S_NOT_CLAMPED, torch.maximum(torch.minimum(x, q), -q) / q),
-                (WHOLE_BATCH, dynamic_threshold(x.reshape(1, -1), p).reshape(x.shape)),  # the batch as one image
-                (NOT_CLIPPED_DYN, x / s), (NOT_DIVIDED_DYN, torch.maximum(torch.minimum(x, s), -s)),
-                (SIGNED_PERCENTILE, torch.maximum(torch.minimum(x, q_signed), -q_signed) / q_signed)]
-
-    return run_check("dynamic_threshold", fn, cases, mistakes, shape_hint=extra_dims_hint, verbose=verbose)
+    middle = (cases[0].args[0][:2], cases[0].args[1][:2], torch.tensor([500, 500]), torch.tensor([250, 250]), abar,
+              randn64(rng(20), 2, 3, 8, 8))
+    probes = [*noise_probes("a middle step t = 500 -> t_prev = 250", middle, 5, ignored=False),
+              last_step_is_noise_free, middle_step_uses_noise]
+    return run_check("ddpm_step", fn, cases, mistakes, probes=probes, shape_hint=extra_dims_hint,
+                     library={"ddpm_step": ddpm_step, "posterior_mean_variance": posterior_mean_variance},
+                     verbose=verbose)
