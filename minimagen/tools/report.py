@@ -74,18 +74,20 @@ def save_sample_grid(results: dict, path: str | Path, sizes=None, per_set: int =
         for i in range(min(per_set, len(r["captions"]))):
             rows.append((name, r["captions"][i], [images[i] for images in r["images"]]))
     n_stages = len(rows[0][2])
-    fig, axes = plt.subplots(len(rows), n_stages, figsize=(1.9 * n_stages + 3.2, 1.9 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n_stages + 1, figsize=(1.9 * n_stages + 3.4, 1.9 * len(rows)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1.8] + [1] * n_stages})  # column 0: the caption
     for row, (name, caption, images) in enumerate(rows):
+        axes[row][0].axis("off")
+        axes[row][0].text(1.0, 0.5, f"{caption}\n({name.replace('_', ' ')})", fontsize=8, ha="right", va="center",
+                          wrap=True, transform=axes[row][0].transAxes)
         for col, image in enumerate(images):
-            ax = axes[row][col]
+            ax = axes[row][col + 1]
             ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")  # [H, W, 3]
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 side = image.shape[-1]
                 ax.set_title(f"stage {col}: {side}x{side}", fontsize=9)
-        axes[row][0].set_ylabel(f"{caption}\n({name.replace('_', ' ')})", fontsize=8, rotation=0,
-                                ha="right", va="center", labelpad=6)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=dpi)
