@@ -101,7 +101,7 @@ RUN_PRESETS: dict[str, RunPreset] = {
     "default": RunPreset(sizes=(16, 32, 128), unets=(_BASE, _SR, _SR), steps=(1500, 600, 500), batch_size=32,
                          crop_size=32, num_items=8000, num_inference_steps=(50, 20, 10)),
     # shaded 3-D scenes (data/scenes.py): mid-tones where thresholding, guidance and noise augmentation matter
-    "scenes": RunPreset(sizes=(16, 64), unets=(_BASE, _SR), steps=(1500, 800), batch_size=32, crop_size=32,
+    "scenes": RunPreset(sizes=(16, 64), unets=(_BASE, _SR), steps=(1500, 2000), batch_size=32, crop_size=32,
                         num_items=8000, max_objects=2, domain="scenes", num_inference_steps=(50, 20),
                         guidance_scale=(3.0, 1.0), thresholding=("dynamic", "static"), num_eval_prompts=48,
                         eval_sets=(("single_heldout", "single_heldout"), ("single_train", "single"), ("two", "two"),
@@ -116,7 +116,7 @@ RUN_PRESETS: dict[str, RunPreset] = {
 }
 # the noise-augmentation ablation (notebook 06, Imagen Fig. A.11): the scenes SR stage trained WITHOUT augmentation
 # (every training level is 0); its base stage gets one step only: sample it with the scenes run's base stage
-RUN_PRESETS["scenes_noaug"] = dataclasses.replace(RUN_PRESETS["scenes"], steps=(1, 800), train_noise_level_max=1,
+RUN_PRESETS["scenes_noaug"] = dataclasses.replace(RUN_PRESETS["scenes"], steps=(1, 2000), train_noise_level_max=1,
                                                   sample_noise_level=0, num_eval_prompts=4)
 
 
