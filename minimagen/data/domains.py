@@ -9,13 +9,15 @@ a Dataset class (ShapesDataset / ScenesDataset: same constructor arguments and i
 n, seed)` -> [(caption, spec)], its prompt kinds, and `score_alignment(images, specs)` -> {attribute: accuracy,
 "all_correct": ...}. Modules are imported when a domain is asked for, not at import of minimagen.
 
-Contents: DOMAINS, Domain, load_domain.
+Contents: DOMAINS, Domain, load_domain, alignment_summary (the scorers' shared tally).
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
 from typing import Callable
+
+import numpy as np
 
 DOMAINS = {  # name -> (data module, scoring module, Dataset class name)
     "shapes": ("minimagen.data.shapes", "minimagen.data.shapes_scoring", "ShapesDataset"),
@@ -42,3 +44,17 @@ def load_domain(name: str) -> Domain:
     return Domain(name=name, dataset=getattr(data, dataset), fixed_prompts=data.fixed_prompts,
                   prompt_kinds=tuple(data.PROMPT_KINDS), score_alignment=scoring.score_alignment,
                   max_objects=3 if name == "scenes" else 2)
+
+
+def alignment_summary(matches: list[dict], attributes: tuple[str, ...]) -> dict[str, float]:
+    """Tally each image's match (a scorer's match_scene result) into score_alignment's dict: per-attribute accuracy
+    over objects, relation over scenes that have one (NaN if none), count and all_correct over images, and the
+    numbers n, n_objects, n_relations they were taken over."""
+    per_object = {a: [judged[a] for m in matches for judged in m["objects"]] for a in attributes}
+    relations = [m["relation"] for m in matches if m["relation"] is not None]
+    out = {a: float(np.mean(v)) for a, v in per_object.items()}
+    out["relation"] = float(np.mean(relations)) if relations else float("nan")
+    out.update(count=float(np.mean([m["count"] for m in matches])),
+               all_correct=float(np.mean([m["all_correct"] for m in matches])), n=len(matches),
+               n_objects=len(per_object[attributes[0]]), n_relations=len(relations))
+    return out

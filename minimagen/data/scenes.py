@@ -32,7 +32,7 @@ import torch
 
 from .scenes_render import (COLORS, MATERIALS, POSITIONS, SHAPES, SIZES, pixel_statistics,  # noqa: F401
                             render_scene)
-from .shapes import _numpy_rng, collate  # noqa: F401  (same generator handling and batching as shapes)
+from .shapes import _check, _numpy_rng, collate  # noqa: F401  (same generator handling and batching as shapes)
 
 RELATIONS = ("left of", "right of")            # how objects[0] stands to objects[1] (and [1] to [2])
 LAYOUT = {2: {"left of": ("left", "right"), "right of": ("right", "left")},
@@ -41,11 +41,6 @@ INVERSE = {"left of": "right of", "right of": "left of"}
 HELD_OUT = frozenset({("red", "cylinder"), ("green", "cube"), ("blue", "sphere"), ("yellow", "cone")})
 SPLITS = ("train", "heldout", "all")           # heldout: every scene holds at least one HELD_OUT pair
 assert all(c in COLORS and s in SHAPES for c, s in HELD_OUT), "HELD_OUT must use the vocabulary"
-
-
-def _check(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {tuple(allowed)}")
 
 
 @dataclass(frozen=True)

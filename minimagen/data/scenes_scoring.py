@@ -34,6 +34,7 @@ import itertools
 import numpy as np
 import torch
 
+from .domains import alignment_summary
 from .scenes import SceneSpec
 from .scenes_render import COLORS, MATERIALS, POSITIONS, SHAPES, SIZES, VIEW, background_image, object_layers
 from .shapes_scoring import _box_downsample, _hue
@@ -233,19 +234,5 @@ def score_alignment(images, specs: list[SceneSpec], **detect_kwargs) -> dict[str
         raise ValueError(f"got {len(images)} images but {len(specs)} specs; pass one spec per image")
     if len(specs) == 0:
         raise ValueError("images is empty; pass at least one image and its spec")
-    per_object = {a: [] for a in ATTRIBUTES}
-    relations, counts, alls = [], [], []
-    for image, spec in zip(images, specs):
-        result = match_scene(detect_objects(image, **detect_kwargs), spec)
-        for judged in result["objects"]:
-            for a in ATTRIBUTES:
-                per_object[a].append(judged[a])
-        if result["relation"] is not None:
-            relations.append(result["relation"])
-        counts.append(result["count"])
-        alls.append(result["all_correct"])
-    out = {a: float(np.mean(v)) for a, v in per_object.items()}
-    out["relation"] = float(np.mean(relations)) if relations else float("nan")
-    out.update(count=float(np.mean(counts)), all_correct=float(np.mean(alls)), n=len(specs),
-               n_objects=len(per_object["color"]), n_relations=len(relations))
-    return out
+    return alignment_summary([match_scene(detect_objects(image, **detect_kwargs), spec)
+                              for image, spec in zip(images, specs)], ATTRIBUTES)
