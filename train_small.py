@@ -145,6 +145,7 @@ def check_resume() -> Path | None:
 
 
 resume_from = check_resume()
+ctrl_c = distributed.CtrlC(dist.is_main, dist.world_size)  # from here on Ctrl-C finishes the step, saves, exits
 if device.type == "cuda" and not args.no_tf32:
     torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores (~10 bits of mantissa)
     torch.backends.cudnn.allow_tf32 = True
@@ -208,14 +209,12 @@ def save_losses() -> None:
         write_json_atomic(out / "losses.json", losses)
 
 
-ctrl_c = distributed.CtrlC(dist.is_main, dist.world_size)  # Ctrl-C: finish the step, save, exit cleanly
-
 # ----------------------------------------------------------------------------- training loop
 curve: list[dict] = []  # base-stage alignment vs training minutes (--eval-every)
 eval_s = 0.0
 for stage in range(len(preset.sizes)):
     stage_losses = losses.setdefault(str(stage), [])
-    t0 = time.time()
+    t0, first_step = time.time(), trainer.steps[stage]
     bar = tqdm(total=preset.steps[stage], initial=trainer.steps[stage], desc=f"stage {stage} ({preset.sizes[stage]}px)",
                disable=args.no_progress, dynamic_ncols=True)
     while trainer.steps[stage] < preset.steps[stage] and not ctrl_c.requested(device):
@@ -227,6 +226,11 @@ for stage in range(len(preset.sizes)):
             sys.exit(f"{err}\nLast good checkpoint: {latest_checkpoint(ckpt_root) or 'none yet'} (resume with "
                      f"--resume and, e.g., --learning-rate {trainer.config.learning_rate / 3:.2g}).")
         stage_losses.append(loss)
+        if trainer.steps[stage] == first_step + 10:  # the speed, early: a run that will take an hour shows it now
+            per_step = (time.time() - t0) / 10
+            left = preset.steps[stage] - trainer.steps[stage]
+            bar.write(f"stage {stage}: {per_step:.2f} s per step, about {per_step * left / 60:.0f} min for the "
+                      f"{left} steps left" + ("" if args.threads else " (on a busy machine try --threads 1)"))
         bar.update(1)
         bar.set_postfix(loss=f"{sum(stage_losses[-50:]) / len(stage_losses[-50:]):.4f}")
         if preset.checkpoint_every and trainer.steps[stage] % preset.checkpoint_every == 0:
