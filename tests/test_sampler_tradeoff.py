@@ -57,14 +57,14 @@ def tiny_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "cascade"
     out = path.parent / "tradeoff.json"
     args = ["--cascade", str(path), "--preset", "ci", "--prompts", "2", "--seeds", "1", "--samplers", "ddim,heun",
-            "--nfe", "3,5", "--repeats", "1", "--speed-batch", "2", "--fd-real-draws", "1", "--out", str(out),
+            "--nfe", "3,5", "--repeats", "1", "--batch-repeats", "1", "--speed-batch", "2", "--fd-real-draws", "1", "--out", str(out),
             "--key", "tiny", "--fast", "heun:2,ddim:2"]
     st.main(args, cascade=cascade)
     return json.loads(out.read_text())["tiny"]
 
 
 def test_run_writes_every_part_with_its_nfe_bookkeeping(tiny_run):
-    assert tiny_run["meta"]["preset_setting"] == "ddim:8,ddim:4"  # the "ci" preset's steps for 2 stages
+    assert tiny_run["last_run"]["preset_setting"] == "ddim:8,ddim:4"  # the "ci" preset's steps for 2 stages
     assert set(tiny_run["stages"]) == {"0", "1"}
     for stage, entries in tiny_run["stages"].items():
         # ddim: budgets 3, 5 -> 3, 5 steps; heun: 2 steps (3 NFE), 3 steps (5 NFE)
@@ -84,7 +84,7 @@ def test_run_writes_every_part_with_its_nfe_bookkeeping(tiny_run):
 
 def test_cli_rejects_bad_arguments(tmp_path):
     base = ["--cascade", str(tmp_path), "--out", str(tmp_path / "x.json")]
-    for extra, message in ((["--parts", "base,plots"], "--parts takes"), (["--seeds", "0"], "must be >= 1"),
-                           (["--samplers", "ddim,plms"], "--samplers"), (["--nfe", "0,5"], "NFE budgets >= 1")):
+    for extra, message in ((["--parts", "base,plots"], "--parts takes"), (["--seeds", "0"], "must be >= 1"), (["--batch-repeats", "0"], "must be >= 1"),
+                           (["--samplers", "ddim,plms"], "--samplers takes"), (["--nfe", "0,5"], "NFE budgets >= 1")):
         with pytest.raises(SystemExit, match=message):
             st.main(base + extra)

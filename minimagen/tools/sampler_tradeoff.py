@@ -11,17 +11,17 @@ Parts (each appends to the JSON at --out as its numbers come, so a long run can 
            default chain (its samplers and steps on the stages before). Stages of >= 64 px cost ~16x a
            32-px one on a CPU, so they use --big-prompts prompts (one seed) and --big-nfe.
   cascade  the whole cascade with the preset's setting and each --fast setting, scored on its last stage.
-  speed    seconds for ONE prompt (and a batch of --speed-batch) through the whole cascade, text encoding
-           included, preset setting and each --fast setting alternating, --repeats times after a warm-up:
-           the machine may be shared, so compare medians and the median of the per-round ratios.
+  speed    seconds for ONE prompt (--repeats rounds) and for --speed-batch prompts (--batch-repeats) through the
+           whole cascade, text encoding included, settings alternating after a warm-up round: on a shared
+           machine compare medians and the median of the per-round ratios.
 A setting is one "sampler:steps" per stage, comma-separated, e.g. "dpmpp_2m_karras:15,dpmpp_2m:5,dpmpp_2m:5".
 
-Scores. alignment: the domain's scorer (data/domains.py, score_alignment) on the stage's output, its
-"all_correct" (every attribute of every object right) and per-attribute accuracies, mean over seeds and spread
-= half the range over seeds (the binomial standard error sqrt(p (1 - p) / n) is stored as alignment_se).
-fidelity: Frechet distance on the domain's feature net (data/fidelity.py) between all of a point's images and
-as many real renders at the stage's size; FD is biased by about c / n, so every entry carries fd_real, the FD
-of two real sets of the same n and size (its spread over --fd-real-draws draws is the FD's resolution).
+Scores. alignment: the domain's scorer (data/domains.py) on the stage's output: "all_correct" (every attribute
+of every object right; mean over seeds, spread = half the range over seeds, alignment_se = sqrt(p (1 - p) / n))
+and per-attribute accuracies. fd: Frechet distance on the domain's feature net (data/fidelity.py) between all
+of a point's images and as many real renders at the stage's size; FD is biased by about c / n, so every entry
+carries fd_real, the FD of two real sets of the same n and size (fd_real_spread over --fd-real-draws draws).
+A re-run with the same --out and --key keeps the points already measured (resume) and adds the new ones.
 
 Map: steps_for_nfe, parse_setting, evaluation_prompts -> Scorer -> sample -> measure_base_and_sr,
 measure_cascade, measure_speed -> main.
@@ -98,7 +98,7 @@ class Scorer:
             ref = lambda seed: self.extractor.features(self.fid.reference_images(self.domain.name, n, size, seed))
             feats = ref(0)
             fds = [self.fid.frechet_distance(feats, ref(seed)) for seed in range(1, 1 + self.draws)]
-            self._real[(n, size)] = {"feats": feats, "fd_real": float(np.mean(fds)), "fd_real_spread": float(np.std(fds))}
+            self._real[(n, size)] = dict(feats=feats, fd_real=float(np.mean(fds)), fd_real_spread=float(np.std(fds)))
         return self._real[(n, size)]
 
     def __call__(self, per_seed: list[torch.Tensor], specs: list) -> dict:
@@ -129,8 +129,7 @@ def sample(cascade, text, preset_kwargs: dict, stages: range, samplers, steps, s
     return out.images
 
 
-def _points(samplers, budgets):
-    """(sampler, steps) for every sampler and NFE budget, without repeats (Heun's budgets 1 and 2 give 1 step)."""
+def _points(samplers, budgets):  # (sampler, steps) per sampler and NFE budget, without repeats
     return list(dict.fromkeys((s, steps_for_nfe(s, b)) for s in samplers for b in budgets))
 
 
@@ -138,22 +137,20 @@ def measure_base_and_sr(cascade, preset, items, args, scorer, results: dict, sav
     """Parts "base" and "sr": one entry per (stage, sampler, NFE) in results["stages"][str(stage)]."""
     kwargs = preset.sampling_kwargs(cascade.num_stages)
     default = [["ddim"] * cascade.num_stages, list(preset.num_inference_steps[:cascade.num_stages])]
-    seeds = list(range(args.seeds))
     specs = [spec for _, spec in items]
     text = cascade.encode_text([c for c, _ in items])
     chain = {}  # seed -> default-chain images of every stage (the SR stages' fixed inputs)
     for stage in range(cascade.num_stages):
-        if (stage == 0 and "base" not in parts) or (stage > 0 and "sr" not in parts):
+        if ("base" if stage == 0 else "sr") not in parts:
             continue
         big = cascade.config.stages[stage].image_size >= BIG_STAGE_SIZE
         k = min(args.big_prompts, len(items)) if big else len(items)
         rows = [i * len(items) // k for i in range(k)]  # spread over the prompt kinds
-        use_seeds = seeds[:1] if big else seeds
-        sub = (text[0][rows], text[1][rows])
+        use_seeds = [0] if big else list(range(args.seeds))
         entries = results["stages"].setdefault(str(stage), [])
         done = {(e["sampler"], e["steps"], e["prompts"], e["seeds"]) for e in entries}  # resume: kept, skipped
         for sampler, steps in _points(args.samplers, args.big_nfe if big else args.nfe):
-            bar.update()
+            bar.update(), bar.set_postfix_str(f"stage {stage} {sampler} {nfe(sampler, steps)} NFE")
             if (sampler, steps, k, len(use_seeds)) in done:
                 continue
             t0, per_seed = time.perf_counter(), []
@@ -163,13 +160,12 @@ def measure_base_and_sr(cascade, preset, items, args, scorer, results: dict, sav
                     chain[seed].append(sample(cascade, text, kwargs, range(j, j + 1), default[0][j:j + 1],
                                               default[1][j:j + 1], seed, chain[seed][-1] if j else None))
                 lowres = chain[seed][stage - 1][rows] if stage else None
-                per_seed.append(sample(cascade, sub, kwargs, range(stage, stage + 1), [sampler], [steps], seed,
-                                       lowres))
+                sub = (text[0][rows], text[1][rows])
+                per_seed.append(sample(cascade, sub, kwargs, range(stage, stage + 1), [sampler], [steps], seed, lowres))
             entries.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),
                             "image_size": cascade.config.stages[stage].image_size, "prompts": k,
                             "seeds": len(use_seeds), "seconds": round(time.perf_counter() - t0, 2),
                             **scorer(per_seed, [specs[r] for r in rows])})
-            bar.set_postfix_str(f"stage {stage} {sampler} {nfe(sampler, steps)} NFE")
             save()
 
 
@@ -193,23 +189,22 @@ def measure_cascade(cascade, preset, items, args, scorer, results: dict, save, s
 def measure_speed(cascade, preset, items, args, results: dict, save, settings, bar) -> None:
     """Part "speed": seconds per call of cascade(prompts) (text encoding included), settings alternating."""
     kwargs = {k: v for k, v in preset.sampling_kwargs(cascade.num_stages).items() if k != "num_inference_steps"}
-    for batch in (1, args.speed_batch):
+    for batch, repeats in ((1, args.repeats), (args.speed_batch, args.batch_repeats)):
         prompts = [items[i % len(items)][0] for i in range(batch)]
         run = lambda s: cascade(prompts, sampler=s[0], num_inference_steps=s[1], output_type="pt", progress=False,
                                 generator=torch.Generator().manual_seed(0), **kwargs)
         times = {name: [] for name in settings}
-        for r in range(args.repeats + 1):  # round 0 is the warm-up, not recorded
+        for r in range(repeats + 1):  # round 0 is the warm-up, not recorded
             for name, setting in settings.items():
                 t0 = time.perf_counter()
                 run(setting)
                 if r:
                     times[name].append(time.perf_counter() - t0)
             bar.update()
-        first = next(iter(settings))
         results["speed"][f"batch_{batch}"] = {
             name: {"median_s": statistics.median(t), "median_s_per_prompt": statistics.median(t) / batch,
                    "min_s": min(t), "times_s": [round(x, 3) for x in t],
-                   "median_ratio_to_" + first: statistics.median(a / b for a, b in zip(t, times[first]))}
+                   "median_ratio_to_preset": statistics.median(a / b for a, b in zip(t, times["preset"]))}
             for name, t in times.items()}
         save()
 
@@ -218,10 +213,9 @@ def main(argv=None, cascade=None) -> dict:
     """The command line; `cascade` (a loaded Cascade) replaces loading --cascade, e.g. in tests."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cascade", required=True, help="directory of Cascade.save_pretrained")
-    ap.add_argument("--preset", default=None, help="RUN_PRESETS name giving guidance, thresholding, default steps "
-                                                  "and domain (default: 'scenes' if the directory says so, else 'default')")
-    ap.add_argument("--prompts", type=int, default=48)
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--preset", help="RUN_PRESETS name: guidance, thresholding, steps, domain (default: 'default')")
+    ap.add_argument("--prompts", type=int, default=48, help="split evenly over the domain's prompt kinds")
+    ap.add_argument("--seeds", type=int, default=2, help="seeds 0 .. N-1 (x_T and augmentation noise)")
     ap.add_argument("--out", default="results/sampler_tradeoff.json")
     ap.add_argument("--key", default=None, help="name of this run in the JSON (default: the cascade directory)")
     ap.add_argument("--parts", default="base,sr,cascade,speed")
@@ -230,7 +224,8 @@ def main(argv=None, cascade=None) -> dict:
     ap.add_argument("--big-prompts", type=int, default=16)
     ap.add_argument("--big-nfe", default="5,10,20")
     ap.add_argument("--fast", action="append", default=[], help="a setting to compare with the preset's (repeatable)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds for one prompt")
+    ap.add_argument("--batch-repeats", type=int, default=3, help="timed rounds for --speed-batch prompts")
     ap.add_argument("--speed-batch", type=int, default=16)
     ap.add_argument("--fd-real-draws", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -238,19 +233,18 @@ def main(argv=None, cascade=None) -> dict:
     args = ap.parse_args(argv)
     if args.quick:
         args.prompts, args.seeds, args.samplers, args.nfe = 4, 1, "ddim,dpmpp_2m_karras", "5,10"
-        args.big_prompts, args.big_nfe, args.repeats, args.speed_batch, args.fd_real_draws = 2, "5", 1, 2, 1
+        args.big_prompts, args.big_nfe, args.repeats, args.batch_repeats, args.speed_batch = 2, "5", 1, 1, 2
+        args.fd_real_draws = 1
     parts = [p for p in args.parts.split(",") if p]
     bad = set(parts) - {"base", "sr", "cascade", "speed"}
-    if bad or args.seeds < 1 or args.repeats < 1 or args.big_prompts < 1 or args.speed_batch < 1:
+    if bad or min(args.seeds, args.repeats, args.batch_repeats, args.big_prompts, args.speed_batch) < 1:
         raise SystemExit(f"--parts takes base,sr,cascade,speed (got {sorted(bad)}); --seeds, --repeats, "
-                         f"--big-prompts and --speed-batch must be >= 1")
+                         f"--batch-repeats, --big-prompts and --speed-batch must be >= 1")
     args.samplers = [s.strip() for s in args.samplers.split(",")]
-    unknown = [s for s in args.samplers if s not in SAMPLERS]
-    if unknown:
-        raise SystemExit(f"--samplers: {unknown} not in {SAMPLERS}")
     args.nfe, args.big_nfe = ([int(x) for x in v.split(",")] for v in (args.nfe, args.big_nfe))
-    if min(args.nfe + args.big_nfe) < 1:
-        raise SystemExit("--nfe and --big-nfe take NFE budgets >= 1")
+    if set(args.samplers) - set(SAMPLERS) or min(args.nfe + args.big_nfe) < 1:
+        raise SystemExit(f"--samplers takes names from {SAMPLERS} (got {args.samplers}); --nfe and --big-nfe take "
+                         f"NFE budgets >= 1 (got {args.nfe}, {args.big_nfe})")
     return run(args, parts, cascade)
 
 
@@ -260,7 +254,7 @@ def run(args, parts, cascade=None) -> dict:
     from ..data.domains import load_domain
     torch.set_num_threads(args.threads)
     cascade = (cascade or Cascade.from_pretrained(args.cascade)).eval()
-    name = args.preset or ("scenes" if "scenes" in str(args.cascade) else "default")
+    name = args.preset or "default"
     if name not in RUN_PRESETS:
         raise SystemExit(f"--preset {name!r} is not one of {sorted(RUN_PRESETS)}")
     preset = RUN_PRESETS[name]
@@ -274,24 +268,22 @@ def run(args, parts, cascade=None) -> dict:
     out = Path(args.out)
     everything = json.loads(out.read_text()) if out.exists() else {}
     results = everything.setdefault(args.key or str(args.cascade), {})
-    results.update(meta={"cascade": str(args.cascade), "preset": name, "domain": domain.name,
+    results.update(last_run={"cascade": str(args.cascade), "preset": name, "domain": domain.name,
                          "prompts": len(items), "seeds": args.seeds, "threads": args.threads,
                          "guidance_scale": list(preset.guidance_scale[:cascade.num_stages]),
                          "thresholding": list(preset.thresholding[:cascade.num_stages]),
                          "preset_setting": default, "torch": torch.__version__,
                          "started": time.strftime("%Y-%m-%d %H:%M:%S")})
-    for key in ("stages", "cascade", "speed"):
-        results.setdefault(key, [] if key == "cascade" else {})
+    results.setdefault("stages", {}), results.setdefault("cascade", []), results.setdefault("speed", {})
 
     def save():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(everything, indent=1, default=float) + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True), out.write_text(json.dumps(everything, indent=1) + "\n")
 
     scorer = Scorer(domain, args.fd_real_draws)
-    total = sum(len(_points(args.samplers, args.big_nfe if cascade.config.stages[s].image_size >= BIG_STAGE_SIZE
-                                else args.nfe)) for s in range(cascade.num_stages)
-                if ("base" in parts and s == 0) or ("sr" in parts and s > 0))
-    total += len(settings) * ("cascade" in parts) + 2 * (args.repeats + 1) * ("speed" in parts)
+    big = [cascade.config.stages[s].image_size >= BIG_STAGE_SIZE for s in range(cascade.num_stages)]
+    total = sum(len(_points(args.samplers, args.big_nfe if big[s] else args.nfe)) for s in range(cascade.num_stages)
+                if ("base" if s == 0 else "sr") in parts)
+    total += len(settings) * ("cascade" in parts) + (args.repeats + args.batch_repeats + 2) * ("speed" in parts)
     with tqdm(total=total, desc="sampler_tradeoff") as bar:
         if "base" in parts or "sr" in parts:
             measure_base_and_sr(cascade, preset, items, args, scorer, results, save, parts, bar)
