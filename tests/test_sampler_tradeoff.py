@@ -80,6 +80,7 @@ def test_run_writes_every_part_with_its_nfe_bookkeeping(tiny_run):
     for batch in speed.values():
         assert set(batch) == {"preset", "heun:2,ddim:2"} and batch["preset"]["median_ratio_to_preset"] == 1.0
         assert len(batch["preset"]["times_s"]) == 1  # the warm-up round is not recorded
+        assert batch["preset"]["median_cpu_s"] > 0
 
 
 def test_cli_rejects_bad_arguments(tmp_path):

@@ -13,7 +13,8 @@ Parts (each appends to the JSON at --out as its numbers come, so a long run can 
   cascade  the whole cascade with the preset's setting and each --fast setting, scored on its last stage.
   speed    seconds for ONE prompt (--repeats rounds) and for --speed-batch prompts (--batch-repeats) through the
            whole cascade, text encoding included, settings alternating after a warm-up round: on a shared
-           machine compare medians and the median of the per-round ratios.
+           machine compare medians, the per-round ratios and median_cpu_s (this process's CPU time ~ an idle
+           machine's wall time with --threads 1), which other jobs affect much less.
 A setting is one "sampler:steps" per stage, comma-separated, e.g. "dpmpp_2m_karras:15,dpmpp_2m:5,dpmpp_2m:5".
 
 Scores. alignment: the domain's scorer (data/domains.py) on the stage's output: "all_correct" (every attribute
@@ -175,9 +176,8 @@ def measure_cascade(cascade, preset, items, args, scorer, results: dict, save, s
     text = cascade.encode_text([c for c, _ in items])
     results["cascade"] = []  # a re-run replaces them
     for name, (samplers, steps) in settings.items():
-        t0 = time.perf_counter()
-        per_seed = [sample(cascade, text, kwargs, range(cascade.num_stages), samplers, steps, seed)
-                    for seed in range(args.seeds)]
+        t0, per_seed = time.perf_counter(), [sample(cascade, text, kwargs, range(cascade.num_stages), samplers, steps,
+                                                    seed) for seed in range(args.seeds)]
         results["cascade"].append({"setting": name, "samplers": samplers, "steps": steps,
                                    "nfe": [nfe(s, n) for s, n in zip(samplers, steps)],
                                    "seconds": round(time.perf_counter() - t0, 2),
@@ -193,17 +193,17 @@ def measure_speed(cascade, preset, items, args, results: dict, save, settings, b
         prompts = [items[i % len(items)][0] for i in range(batch)]
         run = lambda s: cascade(prompts, sampler=s[0], num_inference_steps=s[1], output_type="pt", progress=False,
                                 generator=torch.Generator().manual_seed(0), **kwargs)
-        times = {name: [] for name in settings}
+        times, cpu = {name: [] for name in settings}, {name: [] for name in settings}
         for r in range(repeats + 1):  # round 0 is the warm-up, not recorded
             for name, setting in settings.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 run(setting)
                 if r:
-                    times[name].append(time.perf_counter() - t0)
+                    times[name].append(time.perf_counter() - t0), cpu[name].append(time.process_time() - c0)
             bar.update()
         results["speed"][f"batch_{batch}"] = {
             name: {"median_s": statistics.median(t), "median_s_per_prompt": statistics.median(t) / batch,
-                   "min_s": min(t), "times_s": [round(x, 3) for x in t],
+                   "min_s": min(t), "times_s": [round(x, 3) for x in t], "median_cpu_s": statistics.median(cpu[name]),
                    "median_ratio_to_preset": statistics.median(a / b for a, b in zip(t, times["preset"]))}
             for name, t in times.items()}
         save()
