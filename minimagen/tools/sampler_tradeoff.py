@@ -3,29 +3,27 @@
     python -m minimagen.tools.sampler_tradeoff --cascade checkpoints/shapes [--prompts 48] [--seeds 2]
         [--out results/sampler_tradeoff.json] [--quick] [--parts base,sr,cascade,speed] [--fast SETTING ...]
 
-Parts (each appends to the JSON at --out as its numbers come, so a long run can be watched and stopped):
-  base     the base stage alone, with the preset's guidance and thresholding, every sampler of --samplers at
-           every NFE of --nfe (steps_for_nfe: Heun's n steps cost 2n - 1 NFE, so it gets the most steps within
-           the budget). Same prompts, same seeds (so the same x_T) for every sampler.
+Parts (each appends to the JSON at --out as its numbers come; a re-run with the same --out and --key keeps the
+points already measured and adds the new ones):
+  base     the base stage alone (the preset's guidance and thresholding), every sampler of --samplers at every
+           NFE budget of --nfe (steps_for_nfe: Heun's n steps cost 2n - 1). Same prompts and seeds (x_T) for all.
   sr       each super-resolution stage alone, every sampler and NFE, fed the SAME low-res images: the preset's
-           default chain (its samplers and steps on the stages before). Stages of >= 64 px cost ~16x a
-           32-px one on a CPU, so they use --big-prompts prompts (one seed) and --big-nfe.
+           own chain on the stages before. Stages of >= 64 px cost ~16x a 32-px one on a CPU, so they use
+           --big-prompts prompts (one seed) and --big-nfe.
   cascade  the whole cascade with the preset's setting and each --fast setting, scored on its last stage.
   speed    seconds for ONE prompt (--repeats rounds) and for --speed-batch prompts (--batch-repeats) through the
            whole cascade, text encoding included, settings alternating after a warm-up round: on a shared
            machine compare medians, the per-round ratios and median_cpu_s (this process's CPU time ~ an idle
-           machine's wall time with --threads 1), which other jobs affect much less.
+           machine's wall time with 1 thread), which other jobs affect much less.
 A setting is one "sampler:steps" per stage, comma-separated, e.g. "dpmpp_2m_karras:15,dpmpp_2m:5,dpmpp_2m:5".
 
-Scores. alignment: the domain's scorer (data/domains.py) on the stage's output: "all_correct" (every attribute
-of every object right; mean over seeds, spread = half the range over seeds, alignment_se = sqrt(p (1 - p) / n))
-and per-attribute accuracies. fd: Frechet distance on the domain's feature net (data/fidelity.py) between all
-of a point's images and as many real renders at the stage's size; FD is biased by about c / n, so every entry
-carries fd_real, the FD of two real sets of the same n and size (fd_real_spread over --fd-real-draws draws).
-A re-run with the same --out and --key keeps the points already measured (resume) and adds the new ones.
+Scores. alignment: the domain's scorer (data/domains.py): "all_correct" (every attribute of every object right;
+mean over seeds, spread = half their range, alignment_se = sqrt(p (1 - p) / n)) and per-attribute accuracies.
+fd: Frechet distance on the domain's feature net (data/fidelity.py) between a point's images and as many real
+renders at the stage's size; FD is biased by about c / n, so every entry carries fd_real, the FD of two real
+sets of the same n and size (fd_real_spread over --fd-real-draws draws).
 
-Map: steps_for_nfe, parse_setting, evaluation_prompts -> Scorer -> sample -> measure_base_and_sr,
-measure_cascade, measure_speed -> main.
+Map: steps_for_nfe, parse_setting, preset_setting, evaluation_prompts -> Scorer -> sample -> measure_* -> main.
 """
 from __future__ import annotations
 
@@ -45,6 +43,7 @@ from .run_presets import RUN_PRESETS
 NFE_POINTS = (5, 10, 15, 25, 50, 100)                            # the NFE budgets of the trade-off curves
 TRADEOFF_SAMPLERS = ("ddim", "dpmpp_2m", "dpmpp_2m_karras", "euler", "heun")
 BIG_STAGE_SIZE = 64                                              # stages this large use --big-prompts / --big-nfe
+VARIED = ("sampler", "num_inference_steps")                      # what this tool varies; the rest is the preset's
 
 
 def steps_for_nfe(sampler: str, budget: int) -> int:
@@ -71,6 +70,12 @@ def parse_setting(text: str, num_stages: int) -> tuple[list[str], list[int]]:
         samplers.append(name)
         steps.append(int(n))
     return samplers, steps
+
+
+def preset_setting(preset, num_stages: int) -> str:
+    """The preset's own sampler:steps per stage (DDIM where the preset names no sampler)."""
+    samplers = getattr(preset, "sampler", ("ddim",) * num_stages)
+    return ",".join(f"{s}:{n}" for s, n in zip(samplers[:num_stages], preset.num_inference_steps[:num_stages]))
 
 
 def evaluation_prompts(domain, n: int) -> list:
@@ -123,7 +128,7 @@ class Scorer:
 def sample(cascade, text, preset_kwargs: dict, stages: range, samplers, steps, seed: int, lowres=None):
     """Images [B, 3, H, W] in [0, 1] of stages [stages.start, stages.stop) with the preset's guidance and
     thresholding and the given sampler/steps per stage; seed fixes x_T and the augmentation noise."""
-    kw = {k: v[stages.start:stages.stop] for k, v in preset_kwargs.items() if k != "num_inference_steps"}
+    kw = {k: v[stages.start:stages.stop] for k, v in preset_kwargs.items() if k not in VARIED}
     out = cascade(text_embeds=text[0], text_mask=text[1], start_stage=stages.start, num_stages=stages.stop,
                   lowres_images=lowres, sampler=list(samplers), num_inference_steps=list(steps), output_type="pt",
                   generator=torch.Generator().manual_seed(seed), progress=False, **kw)
@@ -137,7 +142,7 @@ def _points(samplers, budgets):  # (sampler, steps) per sampler and NFE budget, 
 def measure_base_and_sr(cascade, preset, items, args, scorer, results: dict, save, parts, bar) -> None:
     """Parts "base" and "sr": one entry per (stage, sampler, NFE) in results["stages"][str(stage)]."""
     kwargs = preset.sampling_kwargs(cascade.num_stages)
-    default = [["ddim"] * cascade.num_stages, list(preset.num_inference_steps[:cascade.num_stages])]
+    default = parse_setting(preset_setting(preset, cascade.num_stages), cascade.num_stages)
     specs = [spec for _, spec in items]
     text = cascade.encode_text([c for c, _ in items])
     chain = {}  # seed -> default-chain images of every stage (the SR stages' fixed inputs)
@@ -188,7 +193,7 @@ def measure_cascade(cascade, preset, items, args, scorer, results: dict, save, s
 
 def measure_speed(cascade, preset, items, args, results: dict, save, settings, bar) -> None:
     """Part "speed": seconds per call of cascade(prompts) (text encoding included), settings alternating."""
-    kwargs = {k: v for k, v in preset.sampling_kwargs(cascade.num_stages).items() if k != "num_inference_steps"}
+    kwargs = {k: v for k, v in preset.sampling_kwargs(cascade.num_stages).items() if k not in VARIED}
     for batch, repeats in ((1, args.repeats), (args.speed_batch, args.batch_repeats)):
         prompts = [items[i % len(items)][0] for i in range(batch)]
         run = lambda s: cascade(prompts, sampler=s[0], num_inference_steps=s[1], output_type="pt", progress=False,
@@ -228,7 +233,6 @@ def main(argv=None, cascade=None) -> dict:
     ap.add_argument("--batch-repeats", type=int, default=3, help="timed rounds for --speed-batch prompts")
     ap.add_argument("--speed-batch", type=int, default=16)
     ap.add_argument("--fd-real-draws", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="4 prompts, 1 seed, 2 samplers at 5 and 10 NFE, 1 repeat")
     args = ap.parse_args(argv)
     if args.quick:
@@ -252,28 +256,24 @@ def run(args, parts, cascade=None) -> dict:
     from tqdm.auto import tqdm
     from ..cascade import Cascade
     from ..data.domains import load_domain
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # the machine is shared; speed numbers are per thread
     cascade = (cascade or Cascade.from_pretrained(args.cascade)).eval()
-    name = args.preset or "default"
-    if name not in RUN_PRESETS:
+    if (name := args.preset or "default") not in RUN_PRESETS:
         raise SystemExit(f"--preset {name!r} is not one of {sorted(RUN_PRESETS)}")
     preset = RUN_PRESETS[name]
     if len(preset.sizes) < cascade.num_stages:
         raise SystemExit(f"preset {name!r} describes {len(preset.sizes)} stages, the cascade has {cascade.num_stages}")
     domain = load_domain(preset.domain)
     items = evaluation_prompts(domain, args.prompts)
-    default = ",".join(f"ddim:{n}" for n in preset.num_inference_steps[:cascade.num_stages])
-    settings = {"preset": parse_setting(default, cascade.num_stages)}
-    settings.update({s: parse_setting(s, cascade.num_stages) for s in args.fast})
+    named = {"preset": preset_setting(preset, cascade.num_stages), **{s: s for s in args.fast}}  # name -> setting
+    settings = {k: parse_setting(v, cascade.num_stages) for k, v in named.items()}
     out = Path(args.out)
     everything = json.loads(out.read_text()) if out.exists() else {}
     results = everything.setdefault(args.key or str(args.cascade), {})
-    results.update(last_run={"cascade": str(args.cascade), "preset": name, "domain": domain.name,
-                         "prompts": len(items), "seeds": args.seeds, "threads": args.threads,
-                         "guidance_scale": list(preset.guidance_scale[:cascade.num_stages]),
-                         "thresholding": list(preset.thresholding[:cascade.num_stages]),
-                         "preset_setting": default, "torch": torch.__version__,
-                         "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    kw = {k: v for k, v in preset.sampling_kwargs(cascade.num_stages).items() if k not in VARIED}
+    results.update(last_run={"cascade": str(args.cascade), "preset": name, "domain": domain.name, **kw,
+                             "prompts": len(items), "seeds": args.seeds, "threads": 1, "preset_setting": named["preset"],
+                             "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     results.setdefault("stages", {}), results.setdefault("cascade", []), results.setdefault("speed", {})
 
     def save():
