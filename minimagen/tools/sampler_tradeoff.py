@@ -272,7 +272,7 @@ def run(args, parts, cascade=None) -> dict:
     results = everything.setdefault(args.key or str(args.cascade), {})
     kw = {k: v for k, v in preset.sampling_kwargs(cascade.num_stages).items() if k not in VARIED}
     results.update(last_run={"cascade": str(args.cascade), "preset": name, "domain": domain.name, **kw,
-                             "prompts": len(items), "seeds": args.seeds, "threads": 1, "preset_setting": named["preset"],
+                             "prompts": len(items), "seeds": args.seeds, "preset_setting": named["preset"],
                              "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     results.setdefault("stages", {}), results.setdefault("cascade", []), results.setdefault("speed", {})
 
