@@ -49,18 +49,24 @@ class HashEncoder:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The whole tool on an untrained 8 -> 16 px cascade: 2 prompts, 1 seed, ddim and heun at budgets 3 and 5."""
+def tiny_tool(tmp_path_factory):
+    """The whole tool on an untrained 8 -> 16 px cascade: 2 prompts, 1 seed, ddim and heun at budgets 3 and 5.
+    Returns a function running it again with extra arguments (same --out and --key), and the first JSON."""
     torch.manual_seed(0)
     cascade = Cascade(tiny_cascade_config((8, 16), text_encoder="hash-16", text_embed_dim=16),
                       text_encoder=HashEncoder())
-    path = tmp_path_factory.mktemp("tiny") / "cascade"
-    out = path.parent / "tradeoff.json"
-    args = ["--cascade", str(path), "--preset", "ci", "--prompts", "2", "--seeds", "1", "--samplers", "ddim,heun",
-            "--nfe", "3,5", "--repeats", "1", "--batch-repeats", "1", "--speed-batch", "2", "--fd-real-draws", "1", "--out", str(out),
-            "--key", "tiny", "--fast", "heun:2,ddim:2"]
-    st.main(args, cascade=cascade)
-    return json.loads(out.read_text())["tiny"]
+    out = tmp_path_factory.mktemp("tiny") / "tradeoff.json"
+    args = ["--cascade", "tiny", "--preset", "ci", "--prompts", "2", "--seeds", "1", "--samplers", "ddim,heun",
+            "--nfe", "3,5", "--repeats", "1", "--batch-repeats", "1", "--speed-batch", "2", "--fd-real-draws", "1",
+            "--out", str(out), "--key", "tiny", "--fast", "heun:2,ddim:2"]
+    run = lambda *extra: st.main(args + list(extra), cascade=cascade)
+    run()
+    return run, json.loads(out.read_text())["tiny"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_tool):
+    return tiny_tool[1]
 
 
 def test_run_writes_every_part_with_its_nfe_bookkeeping(tiny_run):
@@ -81,6 +87,12 @@ def test_run_writes_every_part_with_its_nfe_bookkeeping(tiny_run):
         assert set(batch) == {"preset", "heun:2,ddim:2"} and batch["preset"]["median_ratio_to_preset"] == 1.0
         assert len(batch["preset"]["times_s"]) == 1  # the warm-up round is not recorded
         assert batch["preset"]["median_cpu_s"] > 0
+
+
+def test_a_rerun_keeps_the_measured_points_and_adds_none_twice(tiny_tool):
+    run, first = tiny_tool
+    again = run("--parts", "base,sr,cascade")  # every point is in the JSON already: nothing is sampled again
+    assert again["stages"] == first["stages"] and again["cascade"] == first["cascade"]
 
 
 def test_cli_rejects_bad_arguments(tmp_path):

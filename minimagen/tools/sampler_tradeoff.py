@@ -177,15 +177,15 @@ def measure_base_and_sr(cascade, preset, items, args, scorer, results: dict, sav
 
 def measure_cascade(cascade, preset, items, args, scorer, results: dict, save, settings, bar) -> None:
     """Part "cascade": the whole cascade per setting (name -> (samplers, steps)), scored on its last stage."""
-    kwargs = preset.sampling_kwargs(cascade.num_stages)
-    text = cascade.encode_text([c for c, _ in items])
-    results["cascade"] = []  # a re-run replaces them
+    kwargs, text = preset.sampling_kwargs(cascade.num_stages), cascade.encode_text([c for c, _ in items])
+    done = {(e["setting"], e["n_images"]) for e in results["cascade"]}  # resume: kept, skipped
     for name, (samplers, steps) in settings.items():
+        if (name, len(items) * args.seeds) in done:
+            continue
         t0, per_seed = time.perf_counter(), [sample(cascade, text, kwargs, range(cascade.num_stages), samplers, steps,
                                                     seed) for seed in range(args.seeds)]
-        results["cascade"].append({"setting": name, "samplers": samplers, "steps": steps,
-                                   "nfe": [nfe(s, n) for s, n in zip(samplers, steps)],
-                                   "seconds": round(time.perf_counter() - t0, 2),
+        results["cascade"].append({"setting": name, "samplers": samplers, "steps": steps, "nfe": list(map(nfe, samplers,
+                                   steps)), "seconds": round(time.perf_counter() - t0, 2),
                                    **scorer(per_seed, [spec for _, spec in items])})
         bar.update()
         save()
