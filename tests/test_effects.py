@@ -55,7 +55,7 @@ def test_guidance_sweep_returns_documented_keys_and_varies_only_w(tiny, monkeypa
     real = effects.sample_cascade
     monkeypatch.setattr(effects, "sample_cascade", lambda *a, **k: calls.append(k) or real(*a, **k))
     res = effects.guidance_sweep(cascade, prompts, extractor, ref, seeds=SEEDS, guidance_scales=(1, 4),
-                                 num_inference_steps=2)
+                                 num_inference_steps=1)
     assert res["guidance_scale"] == [1.0, 4.0] and len(res["rows"]) == 2
     row = res["rows"][0]
     for key in ("all_correct", "color", "shape", "relation", "saturated"):
@@ -75,7 +75,7 @@ def test_thresholding_sweep_varies_only_the_thresholding_and_reuses_done_sweeps(
     done = {"dynamic_0.95": "measured before"}
     res = effects.thresholding_sweep(cascade, prompts, extractor, ref, modes=("static", "dynamic_0.995",
                                      "dynamic_0.95"), done=done, seeds=SEEDS, guidance_scales=(8,),
-                                     num_inference_steps=2)
+                                     num_inference_steps=1)
     assert list(res) == ["static", "dynamic_0.995", "dynamic_0.95"] and res["dynamic_0.95"] == "measured before"
     assert [(c["thresholding"], c["dynamic_thresholding_ratio"]) for c in calls[::2]] == [("static", 0.95),
                                                                                           ("dynamic", 0.995)]
@@ -92,19 +92,19 @@ def test_sr_comparison_and_noise_sweep_feed_every_arm_the_same_base_images(tiny,
     real = effects.sample_cascade
     monkeypatch.setattr(effects, "sample_cascade", lambda *a, **k: seen.append(k) or real(*a, **k))
     res = effects.sr_comparison({"aug": cascade, "noaug": cascade}, base, prompts, extractor, ref32, seeds=(0,),
-                                num_inference_steps=2)
+                                num_inference_steps=1)
     assert set(res) == {"aug", "noaug"} and res["aug"]["noise_level"] == cascade.config.stages[1].sample_noise_level
     assert all(torch.equal(k["lowres_images"], base[0]) for k in seen)
     assert res["aug"]["fd"] == pytest.approx(res["noaug"]["fd"])               # same cascade, same seeds
     seen.clear()
     sweep = effects.noise_level_sweep(cascade, base, prompts, extractor, ref32, seeds=(0,), noise_levels=(0, 300),
-                                      guidance_scales=(1, 3), num_inference_steps=2)
+                                      guidance_scales=(1, 3), num_inference_steps=1)
     assert sweep["noise_level"] == [0, 300] and list(sweep["rows"]) == ["1.0", "3.0"]
     assert [(k["guidance_scale"], k["noise_level"]) for k in seen] == [(1.0, 0), (1.0, 300), (3.0, 0), (3.0, 300)]
     assert "diversity" not in sweep["rows"]["1.0"][0]                         # one seed: no diversity
     with pytest.raises(ValueError, match="lowres_images"):
         effects.sr_comparison({"aug": cascade}, torch.rand(2, 4, 3, 16, 16), prompts, extractor, ref32,
-                              seeds=(0,), num_inference_steps=2)
+                              seeds=(0,), num_inference_steps=1)
 
 
 def test_bad_arguments_raise_value_error(tiny):
@@ -119,8 +119,10 @@ def test_bad_arguments_raise_value_error(tiny):
         effects.measure_samples(torch.rand(4, 3, 16, 16), [s for _, s in prompts], extractor, ref)
 
 
-def test_run_effects_quick_writes_small_json(tiny, tmp_path):
+def test_run_effects_quick_writes_small_json(tiny, tmp_path, monkeypatch):
     cascade, extractor, _, _ = tiny
+    monkeypatch.setattr(effects, "QUICK", dict(guidance_scales=(1.0, 3.0), noise_levels=(0,), sr_guidance=(1.0,),
+                                               base_steps=1, sr_steps=1))
     out = tmp_path / "effects.json"
     res = effects.run_effects(cascade, extractor, noaug=cascade, num_prompts=2, quick=True, out=out,
                               parts=("guidance", "sr"), progress=False)

@@ -225,7 +225,7 @@ FULL = dict(guidance_scales=GUIDANCE_SCALES, noise_levels=NOISE_LEVELS, sr_guida
 
 def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_seeds: int = 2, quick: bool = False,
                 sr_seeds: int = 1, out: str | Path | None = None, parts=("guidance", "thresholding", "sr"),
-                progress: bool = True) -> dict:
+                modes=tuple(THRESHOLDINGS), progress: bool = True, note: str = "") -> dict:
     """All three measurements; written to `out` (JSON) after each part. Returns the results dict."""
     from tqdm.auto import tqdm
     if num_seeds < 2 or not 1 <= sr_seeds <= num_seeds:
@@ -236,15 +236,20 @@ def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_se
     specs = [sp for _, sp in prompts]
     base_size = cascade.config.stages[0].image_size
     ref = Reference.build(specs, num_seeds, base_size)
-    n_w, n_th = len(s["guidance_scales"]), len(THRESHOLDINGS)
-    total = num_prompts * num_seeds * n_w * n_th
+    bad = [p for p in parts if p not in ("guidance", "thresholding", "sr")] + [m for m in modes if m not in THRESHOLDINGS]
+    if bad:
+        raise ValueError(f"unknown parts or modes {bad}: parts are guidance, thresholding, sr; modes "
+                         f"{tuple(THRESHOLDINGS)}")
+    n_w = len(s["guidance_scales"])
+    total = num_prompts * num_seeds * n_w * (("guidance" in parts) + ("thresholding" in parts) * len(
+        [m for m in modes if m != "dynamic_0.95" or "guidance" not in parts]))
     if "sr" in parts:
-        total += num_prompts * num_seeds * (1 + (2 if noaug is not None else 0))
+        total += num_prompts * num_seeds * (2 + (3 if noaug is not None else 0))  # base, SR arms (+ level 0)
         total += num_prompts * sr_seeds * len(s["noise_levels"]) * len(s["sr_guidance"])
     bar = tqdm(total=total, desc="effects", unit="img", disable=not progress)
     res = {"settings": {"num_prompts": num_prompts, "seeds": list(seeds), "prompt_kinds": list(KINDS),
                         "base_steps": s["base_steps"], "sr_steps": s["sr_steps"], "sampler": "ddim",
-                        "quick": quick, "spread": "(max - min) / 2 over seeds"},
+                        "quick": quick, "spread": "(max - min) / 2 over seeds", "note": note},
            "reference_base": reference_fds(extractor, ref)}
 
     def save():
@@ -254,14 +259,15 @@ def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_se
     sweep = dict(seeds=seeds, guidance_scales=s["guidance_scales"], num_inference_steps=s["base_steps"],
                  progress=bar)
     t0 = time.time()
-    if "guidance" in parts or "thresholding" in parts:
+    if "guidance" in parts:
         res["guidance"] = guidance_sweep(cascade, prompts, extractor, ref, **sweep)  # preset: dynamic, p = 0.95
         save()
     if "thresholding" in parts:
         res["thresholding"] = {}
-        for m in THRESHOLDINGS:                                # one at a time, saved as each finishes
+        done = {"dynamic_0.95": res["guidance"]} if "guidance" in res else None
+        for m in modes:                                        # one at a time, saved as each finishes
             res["thresholding"].update(thresholding_sweep(cascade, prompts, extractor, ref, modes=(m,),
-                                                          done={"dynamic_0.95": res["guidance"]}, **sweep))
+                                                          done=done, **sweep))
             save()
     if "sr" in parts:
         base = sample_images(cascade, [c for c, _ in prompts], seeds, num_stages=1, guidance_scale=3.0,
@@ -298,6 +304,7 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (>= 2)")
     p.add_argument("--sr-seeds", type=int, default=1, help="seeds used by the SR noise-level sweep")
     p.add_argument("--parts", default="guidance,thresholding,sr", help="comma list of guidance,thresholding,sr")
+    p.add_argument("--modes", default=",".join(THRESHOLDINGS), help="thresholding modes to sweep (comma list)")
     p.add_argument("--feature-net", help="feature net weights (default: the shipped scenes net)")
     p.add_argument("--out", default="results/effects.json")
     p.add_argument("--quick", action="store_true", help="few weights, levels and steps (minutes)")
@@ -309,7 +316,8 @@ def main(argv=None) -> None:
     noaug = Cascade.from_pretrained(a.noaug) if a.noaug else None
     res = run_effects(Cascade.from_pretrained(a.cascade), extractor, noaug=noaug, num_prompts=a.prompts,
                       num_seeds=a.seeds, sr_seeds=a.sr_seeds, quick=a.quick, out=a.out,
-                      parts=tuple(a.parts.split(",")))
+                      parts=tuple(a.parts.split(",")), modes=tuple(a.modes.split(",")),
+                      note=f"cascade {a.cascade}" + (f", noaug {a.noaug}" if a.noaug else ""))
     print(f"wrote {a.out} ({res['settings']['seconds']} s)")
 
 
