@@ -127,6 +127,8 @@ def test_run_effects_quick_writes_small_json(tiny, tmp_path, monkeypatch):
     res = effects.run_effects(cascade, extractor, noaug=cascade, num_prompts=2, quick=True, out=out,
                               parts=("guidance", "sr"), progress=False)
     saved = json.loads(out.read_text())
-    assert set(saved) >= {"settings", "reference_base", "guidance", "sr_comparison", "noise_level_sweep"}
+    assert set(saved) >= {"settings", "reference_base", "guidance", "sr_comparison", "sr_comparison_level0",
+                          "noise_level_sweep"}
+    assert set(saved["sr_comparison"]) == {"aug", "noaug"} and set(saved["sr_comparison_level0"]) == {"aug"}
     assert saved["guidance"]["guidance_scale"] == list(effects.QUICK["guidance_scales"])
     assert res["reference_base"]["n"] == 4 and out.stat().st_size < 40_000

@@ -225,13 +225,17 @@ FULL = dict(guidance_scales=GUIDANCE_SCALES, noise_levels=NOISE_LEVELS, sr_guida
 
 def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_seeds: int = 2, quick: bool = False,
                 sr_seeds: int = 1, out: str | Path | None = None, parts=("guidance", "thresholding", "sr"),
-                modes=tuple(THRESHOLDINGS), progress: bool = True, note: str = "") -> dict:
+                modes=tuple(THRESHOLDINGS), progress: bool = True, note: str = "", noise_levels=None,
+                sr_guidance=None, thresholding_scales=None, base_steps: int | None = None) -> dict:
     """All three measurements; written to `out` (JSON) after each part. Returns the results dict."""
     from tqdm.auto import tqdm
     if num_seeds < 2 or not 1 <= sr_seeds <= num_seeds:
         raise ValueError(f"need num_seeds >= 2 (diversity compares seeds) and 1 <= sr_seeds <= num_seeds, "
                          f"got {num_seeds}, {sr_seeds}")
-    s = QUICK if quick else FULL
+    s = dict(QUICK if quick else FULL)
+    s.update({k: tuple(v) for k, v in (("noise_levels", noise_levels), ("sr_guidance", sr_guidance)) if v})
+    s["base_steps"] = base_steps or s["base_steps"]
+    th_scales = tuple(thresholding_scales or s["guidance_scales"])
     prompts, seeds = effect_prompts(num_prompts), tuple(range(num_seeds))
     specs = [sp for _, sp in prompts]
     base_size = cascade.config.stages[0].image_size
@@ -241,10 +245,10 @@ def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_se
         raise ValueError(f"unknown parts or modes {bad}: parts are guidance, thresholding, sr; modes "
                          f"{tuple(THRESHOLDINGS)}")
     n_w = len(s["guidance_scales"])
-    total = num_prompts * num_seeds * n_w * (("guidance" in parts) + ("thresholding" in parts) * len(
+    total = num_prompts * num_seeds * (n_w * ("guidance" in parts) + len(th_scales) * ("thresholding" in parts) * len(
         [m for m in modes if m != "dynamic_0.95" or "guidance" not in parts]))
     if "sr" in parts:
-        total += num_prompts * num_seeds * (2 + (3 if noaug is not None else 0))  # base, SR arms (+ level 0)
+        total += num_prompts * num_seeds * (2 + (2 if noaug is not None else 0))  # base, SR arms, aug at level 0
         total += num_prompts * sr_seeds * len(s["noise_levels"]) * len(s["sr_guidance"])
     bar = tqdm(total=total, desc="effects", unit="img", disable=not progress)
     res = {"settings": {"num_prompts": num_prompts, "seeds": list(seeds), "prompt_kinds": list(KINDS),
@@ -267,7 +271,7 @@ def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_se
         done = {"dynamic_0.95": res["guidance"]} if "guidance" in res else None
         for m in modes:                                        # one at a time, saved as each finishes
             res["thresholding"].update(thresholding_sweep(cascade, prompts, extractor, ref, modes=(m,),
-                                                          done=done, **sweep))
+                                                          done=done, **{**sweep, "guidance_scales": th_scales}))
             save()
     if "sr" in parts:
         base = sample_images(cascade, [c for c, _ in prompts], seeds, num_stages=1, guidance_scale=3.0,
@@ -279,8 +283,8 @@ def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_se
         arms = {"aug": cascade} if noaug is None else {"aug": cascade, "noaug": noaug}
         res["sr_comparison"] = sr_comparison(arms, base, prompts, extractor, ref_sr, seeds=seeds,
                                              num_inference_steps=s["sr_steps"], progress=bar)
-        if noaug is not None:                                  # both arms at level 0 too: augmentation off at sampling
-            res["sr_comparison_level0"] = sr_comparison(arms, base, prompts, extractor, ref_sr, seeds=seeds,
+        if noaug is not None:                                  # the augmented stage at level 0 (no aug at sampling)
+            res["sr_comparison_level0"] = sr_comparison({"aug": cascade}, base, prompts, extractor, ref_sr, seeds=seeds,
                                                         noise_level=0, num_inference_steps=s["sr_steps"],
                                                         progress=bar)
         save()
@@ -305,6 +309,10 @@ def main(argv=None) -> None:
     p.add_argument("--sr-seeds", type=int, default=1, help="seeds used by the SR noise-level sweep")
     p.add_argument("--parts", default="guidance,thresholding,sr", help="comma list of guidance,thresholding,sr")
     p.add_argument("--modes", default=",".join(THRESHOLDINGS), help="thresholding modes to sweep (comma list)")
+    p.add_argument("--levels", help="SR sampling noise levels to sweep (comma list; default 0,50,100,200,300,500)")
+    p.add_argument("--sr-guidance", help="SR guidance weights of the sweep (comma list; default 1,3,5)")
+    p.add_argument("--thresholding-scales", help="guidance weights of the thresholding sweep (default: all)")
+    p.add_argument("--base-steps", type=int, help="DDIM steps of the base stage (default 25; --quick 8)")
     p.add_argument("--feature-net", help="feature net weights (default: the shipped scenes net)")
     p.add_argument("--out", default="results/effects.json")
     p.add_argument("--quick", action="store_true", help="few weights, levels and steps (minutes)")
@@ -314,7 +322,11 @@ def main(argv=None) -> None:
     from ..cascade import Cascade
     extractor = FeatureExtractor.from_pretrained("scenes", path=a.feature_net)
     noaug = Cascade.from_pretrained(a.noaug) if a.noaug else None
-    res = run_effects(Cascade.from_pretrained(a.cascade), extractor, noaug=noaug, num_prompts=a.prompts,
+    cascade = Cascade.from_pretrained(a.cascade)
+    listed = lambda text, kind: tuple(kind(v) for v in text.split(",")) if text else None
+    res = run_effects(cascade, extractor, noaug=noaug, num_prompts=a.prompts,
+                      noise_levels=listed(a.levels, int), sr_guidance=listed(a.sr_guidance, float),
+                      thresholding_scales=listed(a.thresholding_scales, float), base_steps=a.base_steps,
                       num_seeds=a.seeds, sr_seeds=a.sr_seeds, quick=a.quick, out=a.out,
                       parts=tuple(a.parts.split(",")), modes=tuple(a.modes.split(",")),
                       note=f"cascade {a.cascade}" + (f", noaug {a.noaug}" if a.noaug else ""))
