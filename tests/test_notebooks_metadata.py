@@ -99,7 +99,7 @@ def test_no_progress_bars_or_widgets_in_outputs(path):
 def test_checkpoint_notebooks_default_to_the_shipped_checkpoint(path):
     code = "\n".join(_source(c) for c in _code_cells(_load(path)))
     if "from_pretrained(CHECKPOINT)" in code:
-        default = r'CHECKPOINT = os\.environ\.get\("MINIMAGEN_CHECKPOINT", "((?:\.\./)+)checkpoints/shapes"\)'
+        default = r'CHECKPOINT = os\.environ\.get\("MINIMAGEN_CHECKPOINT", "((?:\.\./)+)checkpoints/(?:shapes|scenes)"\)'
         found = re.search(default, code)
         assert found, f"{path.name}: CHECKPOINT must default to the shipped checkpoint, relative to the notebook"
         assert (path.parent / found.group(1)).resolve() == NOTEBOOK_DIR.parent, f"{path.name}: {found.group(1)!r}"
