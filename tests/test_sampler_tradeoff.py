@@ -70,7 +70,7 @@ def tiny_run(tiny_tool):
 
 
 def test_run_writes_every_part_with_its_nfe_bookkeeping(tiny_run):
-    assert tiny_run["last_run"]["preset_setting"] == "ddim:8,ddim:4"  # the "ci" preset's steps for 2 stages
+    assert tiny_run["last_run"]["preset_setting"] == "dpmpp_2m:8,dpmpp_2m:4"  # the "ci" preset's, 2 stages
     assert set(tiny_run["stages"]) == {"0", "1"}
     for stage, entries in tiny_run["stages"].items():
         # ddim: budgets 3, 5 -> 3, 5 steps; heun: 2 steps (3 NFE), 3 steps (5 NFE)
