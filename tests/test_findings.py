@@ -54,7 +54,7 @@ def test_presets_of_all_base_arms_share_budget_data_and_sampling():
     for name, p in presets.items():
         for field in shared:
             assert getattr(p, field) == getattr(presets["pretrained"], field), (name, field)
-    assert presets["pretrained"].steps == (240, 0) and presets["pretrained"].batch_size == 32
+    assert presets["pretrained"].steps == (160, 0) and presets["pretrained"].batch_size == 32
     assert budget.num_prompts >= 48 and len(budget.seeds) >= 3          # the minimum for the full run
     assert max_length_for("tiny-t5") == 128 and presets["tiny_t5"].max_length == 128   # byte-level captions
 
@@ -69,10 +69,10 @@ def test_equal_minutes_gives_steps_in_inverse_proportion_to_step_time():
         timed.append(name)
         return times[name]
     steps = F.plan(["encoder_vs_unet", "efficient_unet", "conditioning"], budget, {}, timer)
-    # 240 steps x 0.5 s = 120 s; the wide U-Net gets 120 s / 1.5 s = 80 steps
-    assert steps["encoder_vs_unet"] == {"pretrained": 240, "random_minilm": 240, "wide_unet": 80}
-    assert steps["efficient_unet"] == {"sr_efficient": 240, "sr_regular": 80}   # 240 x 0.2 / 0.6
-    assert steps["conditioning"] == {"pretrained": 240, "pooled_only": 240}     # equal steps: nothing timed
+    # 160 steps x 0.5 s = 80 s; the wide U-Net gets 80 s / 1.5 s = 53.3 -> 53 steps
+    assert steps["encoder_vs_unet"] == {"pretrained": 160, "random_minilm": 160, "wide_unet": 53}
+    assert steps["efficient_unet"] == {"sr_efficient": 160, "sr_regular": 53}   # 160 x 0.2 / 0.6
+    assert steps["conditioning"] == {"pretrained": 160, "pooled_only": 160}     # equal steps: nothing timed
     assert "random_minilm" not in timed and "pooled_only" not in timed           # same U-Net: no timing needed
 
 

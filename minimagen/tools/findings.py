@@ -330,7 +330,8 @@ def run_findings(findings: list[str], budget: Budget, out: str | Path, cache: st
                 tasks[arm_key(task.arm, budget, seed, n)] = task
     results: dict[str, list[dict]] = {}
     pending = []
-    for key, task in tasks.items():
+    order = list(ARMS)  # seed by seed: a run cut short still holds complete comparisons at fewer seeds
+    for key, task in sorted(tasks.items(), key=lambda kv: (kv[1].seed, order.index(kv[1].name))):
         path = cache / f"{key}.json"
         if path.is_file():
             results.setdefault(task.name, []).append(json.loads(path.read_text()))
@@ -357,16 +358,16 @@ def run_findings(findings: list[str], budget: Budget, out: str | Path, cache: st
         return task.steps * per_step + (0.3 if budget.num_prompts < 10 else 25.0)
 
     finished = [0]
-    bar = tqdm(total=round(sum(cost(t) for _, t in pending)), unit="s", disable=not progress,
+    bar = tqdm(total=sum(cost(t) for _, t in pending), unit="s", disable=not progress, mininterval=5,
                desc=f"findings: {len(pending)} trainings ({len(tasks) - len(pending)} cached)",
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| est. work {n_fmt}/{total_fmt} s "
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| est. work {n:.0f}/{total:.0f} s "
                           "[{elapsed} elapsed, ~{remaining} left]")
 
     def done(key, task, result):
         (cache / f"{key}.json").write_text(json.dumps(result))
         results.setdefault(task.name, []).append(result)
         finished[0] += 1
-        bar.update(round(cost(task)))
+        bar.update(cost(task))
         write()
 
     if workers <= 1:

@@ -85,9 +85,10 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    # about 40 minutes on the shared 2-core CPU with 2 worker processes (measured: findings.json "timing")
-    "full": Budget(base_steps=240, sr_steps=240, batch_size=32, sr_batch_size=16, num_items=8000, num_prompts=48,
-                   seeds=(0, 1, 2), sample_steps=20, sr_sample_steps=10, warmup_steps=50, timing_steps=4),
+    # ~50 CPU-core-minutes of work: about 25-30 minutes with 2 worker processes on an idle 2-core CPU (the
+    # measured wall time is findings.json "run"); the scenes preset trains its base stage 2500 steps
+    "full": Budget(base_steps=160, sr_steps=160, batch_size=32, sr_batch_size=16, num_items=8000, num_prompts=48,
+                   seeds=(0, 1, 2), sample_steps=12, sr_sample_steps=8, warmup_steps=40, timing_steps=3),
     # CI and notebook 09's live run: every finding end to end in about a minute; numbers are noise
     "quick": Budget(base_steps=12, sr_steps=8, batch_size=8, sr_batch_size=4, num_items=96, num_prompts=3,
                     seeds=(0, 1), sample_steps=4, sr_sample_steps=2, warmup_steps=4, timing_steps=1),
