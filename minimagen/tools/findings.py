@@ -281,7 +281,10 @@ def read_effects(path: str | None) -> dict:
     title = "Guidance x thresholding pareto; noise conditioning augmentation on/off"
     paper = "Fig. 4c, A.8, A.11"
     if path and Path(path).is_file():
-        return {"title": title, "paper": paper, "source": str(path), "rows": json.loads(Path(path).read_text())}
+        rows = json.loads(Path(path).read_text())
+        quick = bool(rows.get("settings", {}).get("quick")) if isinstance(rows, dict) else False
+        return {"title": title, "paper": paper, "source": str(path), "rows": rows, "quick": quick,
+                "note": "a --quick measurement (noise): see notebooks 04-06" if quick else ""}
     return {"title": title, "paper": paper, "source": None, "rows": None,
             "note": "not measured here: see notebooks 04-06 (results/effects.json was not found)"}
 

@@ -90,7 +90,7 @@ BUDGETS: dict[str, Budget] = {
     "full": Budget(base_steps=160, sr_steps=160, batch_size=32, sr_batch_size=16, num_items=8000, num_prompts=48,
                    seeds=(0, 1, 2), sample_steps=12, sr_sample_steps=8, warmup_steps=40, timing_steps=3),
     # CI and notebook 09's live run: every finding end to end in about a minute; numbers are noise
-    "quick": Budget(base_steps=12, sr_steps=8, batch_size=8, sr_batch_size=4, num_items=96, num_prompts=3,
+    "quick": Budget(base_steps=8, sr_steps=6, batch_size=8, sr_batch_size=4, num_items=64, num_prompts=3,
                     seeds=(0, 1), sample_steps=4, sr_sample_steps=2, warmup_steps=4, timing_steps=1),
 }
 
