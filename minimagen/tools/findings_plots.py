@@ -1,4 +1,4 @@
-"""Imagen in miniature, part 3: one small figure per finding, drawn from findings.json (see findings.py).
+"""Imagen in miniature, part 4: one small figure per finding, drawn from findings.json (see findings.py).
 
 Each figure shows, per arm, the mean over seeds with the seed-to-seed std as error bars: per prompt set for
 the base-stage findings (mean per-object attribute accuracy, and all-correct), and for the SR finding the
