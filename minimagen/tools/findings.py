@@ -1,6 +1,6 @@
-"""Imagen in miniature, part 3 (the runner): train small variants on a fixed CPU budget and check the paper's findings on them.
+"""Imagen in miniature, the runner: train small variants on a fixed CPU budget, check the paper's findings.
 
-    python -m minimagen.tools.findings                       # the full run (see BUDGETS["full"]; ~40 min, 2 cores)
+    python -m minimagen.tools.findings                       # the full run (BUDGETS["full"]; 2 worker processes)
     python -m minimagen.tools.findings --quick               # every finding on a tiny budget (~1-2 min; CI)
     python -m minimagen.tools.findings --only conditioning --seeds 2 --out /tmp/f
 
