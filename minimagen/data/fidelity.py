@@ -8,19 +8,11 @@ classroom FIDs do (e.g. fast.ai's course): train a small CNN on the domain itsel
 objective that makes its features care about what the captions talk about -- the colour, shape, size and
 place of every object -- and compute the same distance on its features.
 
-Feature net (`FeatureNet`): images are first resized to `input_size` x `input_size` (32 px for the shipped
-nets) by ONE rule, `resize_for_features` (antialiased bilinear: a 128-px image is averaged down, a 16-px
-image interpolated up; the training renders at 16 / 32 / 64 px go through the same function). The feature
-vector (feature_dim = 4 * 32 + 128 = 256 numbers) has two parts:
-  low-level statistics (4 x 32): per channel, the mean and std over positions of the first conv's raw
-      responses and of its normalised activations: colour, contrast, edge and texture energy, which noise,
-      blur, tints and saturation change. Without them the FD did not see noise up to sigma = 0.1 (the
-      attribute layer is, usefully for its task, blind to it; GroupNorm divides contrast out of later layers);
-  semantic layer (128): after three stages of [conv 3x3 -> GroupNorm -> SiLU -> conv 3x3 stride 2 ->
-      GroupNorm -> SiLU] (32 -> 4 px), a linear layer over the whole 4 x 4 map (a learned global pooling:
-      average pooling would throw away *where* objects are, which captions name); the heads read it.
-Every feature is divided by its std on real 32-px renders (`feature_std`, set after training), so no part
-dominates by scale and FD is in units of "one feature's variance".
+The features (minimagen/data/feature_net.py): images are resized to 32 x 32 by one rule for training and
+evaluation alike; the 256 features are low-level statistics of the first conv layer (per channel, mean and
+std over positions: colour, contrast, edge and texture energy -- what noise, blur, tints and saturation
+change) and a 128-d semantic layer the attribute heads read (what objects are where). Every feature is
+divided by its std on real renders, so FD is in units of "one feature's variance".
 
 Using it: compare two sets AT THE SAME RESOLUTION AND THE SAME n, e.g.
     ex = FeatureExtractor.from_pretrained("shapes")
@@ -37,45 +29,45 @@ random, different scenes (`reference_spread`, stored with the net). 0: every see
 Note a shapes caption fixes its picture completely, so real shapes images of one prompt have diversity 0.
 `pixel_std` is the feature-free alternative: mean over pixels of the std across seeds.
 
-Domains are pluggable (`FeatureDomain`, `register_feature_domain`): a name, the attribute list, and a
-function that renders a labelled random batch. Built in: "shapes" (labels: colour / shape / size of the
-object in each of the 9 grid cells, class 0 = empty cell). Weights ship as
-minimagen/assets/feature_net_{domain}.safetensors (`python -m minimagen.tools.train_feature_net --domain D`).
-
-Measured with the shipped net (`python -m minimagen.tools.train_feature_net --measure-only --domain D`):
+Measured with the shipped nets (`python -m minimagen.tools.train_feature_net --measure-only --domain D`):
 FD(real set, real or corrupted set of another seed), 32-px renders, mean +- std over 5 seeds.
   real vs real   n = 100        250          500          1000         2000
   shapes             34.1+-3.3  14.5+-0.7    6.8+-0.4     3.3+-0.3     1.6+-0.1
-Two real sets are the same distribution, so this is pure estimator bias: it falls like 1/n (n * FD ~ 3400)
-while a corruption adds a roughly n-independent amount on top (noise 0.1 adds ~10 at n = 300 and 500).
-The seed-to-seed std is the resolution: use n >= 500 (std 0.4) and the same n for every set compared.
-  corruption of the second set, n = 500              shapes
-  noise sigma 0.02 / 0.05 / 0.1 / 0.2                7.1 / 8.8 / 16.7 / 71.3     (real vs real: 6.8)
-  Gaussian blur sigma 0.5 / 1 / 2 px                 9.7 / 25.2 / 61.8
-  colour shift (+d, 0, -d), d = 0.05 / 0.1 / 0.2     12.7 / 33.9 / 131.4
-  saturate gain 1.25 / 1.5 / 2                       6.9 / 7.2 / 8.1    (shapes are 97.7 % at 0 or 1)
-  blank grey / uniform noise                         3610 / 2062
-FD rose strictly from real through every level of every corruption in 5 of 5 seeds (stds 0.2 - 4.7).
+  scenes             27.6+-2.9  10.0+-0.8    5.1+-0.6     2.5+-0.2     1.3+-0.1
+Two real sets are the same distribution, so this is pure estimator bias: it falls like 1/n (n * FD ~ 3400
+for shapes, ~2600 for scenes) while a corruption adds a roughly n-independent amount on top (shapes: noise
+0.1 adds ~10 at n = 300 and at n = 500). The seed-to-seed std is the resolution: use n >= 500 (std 0.4 -
+0.6) and the same n for every set compared; n = 2000 brings the std to 0.1.
+  corruption of the second set, n = 500              shapes                       scenes
+  none (real vs real)                                6.8                          5.1
+  noise sigma 0.02 / 0.05 / 0.1 / 0.2                7.1 / 8.8 / 16.7 / 71.3      7.8 / 84 / 664 / 3724
+  Gaussian blur sigma 0.5 / 1 / 2 px                 9.7 / 25.2 / 61.8            13.8 / 77 / 290
+  colour shift (+d, 0, -d), d = 0.05 / 0.1 / 0.2     12.7 / 33.9 / 131            571 / 2086 / 6926
+  saturate gain 1.25 / 1.5 / 2                       6.9 / 7.2 / 8.1              393 / 1315 / 3578
+  blank grey / uniform noise                         3610 / 2062                  12824 / 9476
+FD rose strictly from real through every level of every corruption in 5 of 5 seeds, both domains.
+Shapes are flat pure hues on white (97.7 % of values at 0 or 1): saturation changes only anti-aliased
+edges and a tint leaves pure colours alone, so those effects are small there. Scenes renders share one
+floor, wall and lighting, so any global tint or contrast change moves every image off the real statistics.
+Units differ per domain (each is "one feature's variance on real renders"): compare within a domain.
 
-Map: frechet_distance_from_stats / frechet_distance -> FeatureDomain, shapes domain, reference_images ->
-FeatureNetConfig, resize_for_features, FeatureNet -> FeatureExtractor (from_pretrained, features, fidelity,
-diversity), mean_pairwise_distance, pixel_std, fidelity() -> corruptions that validate the metric.
+Map: frechet_distance_from_stats / feature_stats / frechet_distance -> FeatureExtractor (from_pretrained,
+features, fidelity, diversity), mean_pairwise_distance, pixel_std, fidelity() -> corruptions that
+validate the metric (add_noise, gaussian_blur, color_shift, saturate).
 """
 from __future__ import annotations
 
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+from minimagen.data.feature_net import (FeatureNet, FeatureNetConfig, reference_images,  # noqa: F401
+                                        weights_path)  # reference_images: the real set to compare against
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,153 +117,8 @@ def frechet_distance(feats_a, feats_b) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Domains: how to render a labelled random batch
+# Loading a trained net and using it
 # ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FeatureDomain:
-    name: str                                  # e.g. "shapes"; the weights file is feature_net_{name}.safetensors
-    attributes: tuple[tuple[str, int], ...]    # (label name, number of classes), one per label column
-    render_batch: Callable                     # (n, image_size, np.random.Generator) -> (images [n, 3, s, s]
-                                               #   float32 in [0, 1], labels [n, len(attributes)] int64)
-    train_sizes: tuple[int, ...] = (16, 32, 64)  # render resolutions drawn in training (all resized alike)
-
-
-_DOMAINS: dict[str, Callable[[], FeatureDomain]] = {}
-
-
-def register_feature_domain(name: str, factory: Callable[[], FeatureDomain]) -> None:
-    """Make `get_feature_domain(name)` call `factory()` (lazily: a domain's module is imported only when used)."""
-    _DOMAINS[name] = factory
-
-
-def get_feature_domain(name: str) -> FeatureDomain:
-    if name not in _DOMAINS:
-        raise ValueError(f"domain={name!r} is not one of {tuple(_DOMAINS)}; add one with register_feature_domain")
-    return _DOMAINS[name]()
-
-
-def shapes_feature_domain() -> FeatureDomain:
-    """Captioned shapes: for each of the 9 grid cells, the colour (7 classes), shape (5) and size (3) of the
-    object there, class 0 = "none" (empty cell). Scenes from split "all", half of them two objects."""
-    from minimagen.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, random_scene, render_scene
-    colors, columns = list(COLORS), []
-    for cell in POSITIONS:
-        columns += [(f"{cell} color", len(colors) + 1), (f"{cell} shape", len(SHAPES) + 1),
-                    (f"{cell} size", len(SIZES) + 1)]
-
-    def render_batch(n: int, image_size: int, rng: np.random.Generator):
-        images, labels = torch.empty(n, 3, image_size, image_size), torch.zeros(n, len(columns), dtype=torch.long)
-        for i in range(n):
-            spec = random_scene(rng, split="all")
-            images[i] = render_scene(spec, image_size)
-            for obj in spec.objects:
-                c = 3 * POSITIONS.index(obj.position)                # first label column of this cell
-                labels[i, c:c + 3] = torch.tensor([colors.index(obj.color) + 1, SHAPES.index(obj.shape) + 1,
-                                                   SIZES.index(obj.size) + 1])
-        return images, labels
-
-    return FeatureDomain("shapes", tuple(columns), render_batch)
-
-
-register_feature_domain("shapes", shapes_feature_domain)
-
-
-def reference_images(domain: str, n: int, image_size: int, seed: int = 0) -> torch.Tensor:
-    """n real renders [n, 3, image_size, image_size] of random scenes of `domain`: the reference set."""
-    return get_feature_domain(domain).render_batch(n, image_size, np.random.default_rng(seed))[0]
-
-
-# ---------------------------------------------------------------------------------------------------
-# The feature network
-# ---------------------------------------------------------------------------------------------------
-@dataclass
-class FeatureNetConfig:
-    num_classes: tuple[int, ...]               # classes of each attribute head (from FeatureDomain.attributes)
-    input_size: int = 32                       # every image is resized to this side first (resize_for_features)
-    channels: tuple[int, ...] = (32, 64, 128)  # width of each stage; each stage halves the side: 32 -> 4
-    semantic_dim: int = 128                    # width of the layer the attribute heads read
-    groups: int = 8                            # GroupNorm groups (batch-independent: train = eval)
-
-    def __post_init__(self):
-        self.num_classes, self.channels = tuple(self.num_classes), tuple(self.channels)
-        if self.input_size % 2 ** len(self.channels):
-            raise ValueError(f"input_size {self.input_size} is not divisible by 2**{len(self.channels)} "
-                             f"({len(self.channels)} stride-2 stages); use a multiple of {2 ** len(self.channels)}")
-        if any(c % self.groups for c in self.channels):
-            raise ValueError(f"channels {self.channels} must all be divisible by groups={self.groups}")
-        if not self.num_classes or min(self.num_classes) < 2:
-            raise ValueError(f"num_classes={self.num_classes}: every attribute needs >= 2 classes")
-
-    @property
-    def feature_dim(self) -> int:
-        return 4 * self.channels[0] + self.semantic_dim  # low-level statistics + semantic layer
-
-
-def resize_for_features(images: torch.Tensor, size: int) -> torch.Tensor:
-    """THE resize rule of the metric: [N, 3, H, H] -> [N, 3, size, size], antialiased bilinear (a no-op when
-    H == size). Used at training and at evaluation alike, so the two never prepare images differently."""
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] != images.shape[3]:
-        raise ValueError(f"images have shape {tuple(images.shape)}; pass square RGB batches [N, 3, H, H]")
-    if images.shape[-1] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-
-
-class FeatureNet(nn.Module):
-    def __init__(self, config: FeatureNetConfig):
-        super().__init__()
-        self.config = config
-        c0 = config.channels[0]
-        self.stem = nn.Conv2d(3, c0, 3, padding=1)                   # the filter bank the statistics read
-        self.stem_act = nn.Sequential(nn.GroupNorm(config.groups, c0), nn.SiLU())
-        layers, c_in = [nn.Conv2d(c0, c0, 3, stride=2, padding=1), nn.GroupNorm(config.groups, c0), nn.SiLU()], c0
-        for c in config.channels[1:]:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.GroupNorm(config.groups, c), nn.SiLU(),
-                       nn.Conv2d(c, c, 3, stride=2, padding=1), nn.GroupNorm(config.groups, c), nn.SiLU()]
-            c_in = c
-        self.trunk = nn.Sequential(*layers)
-        side = config.input_size // 2 ** len(config.channels)
-        self.to_semantic = nn.Linear(c_in * side * side, config.semantic_dim)  # learned global pooling
-        self.heads = nn.Linear(config.semantic_dim, sum(config.num_classes))  # all attribute logits at once
-        self.register_buffer("feature_std", torch.ones(config.feature_dim))  # set after training (calibrate)
-        self.register_buffer("reference_spread", torch.ones(()))  # mean pairwise distance, random real renders
-
-    def semantic_and_stats(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(semantic layer [N, semantic_dim], low-level statistics [N, 4 c0]) of images [N, 3, H, H] in [0, 1]."""
-        x = resize_for_features(images, self.config.input_size) * 2.0 - 1.0  # [0, 1] -> [-1, 1]
-        r = self.stem(x)                                                     # raw responses [N, c0, S, S]
-        a = self.stem_act(r)                                                 # normalised activations, same
-        stats = torch.cat([r.mean((2, 3)), r.std((2, 3)), a.mean((2, 3)), a.std((2, 3))], 1)  # [N, 4 c0]
-        h = self.trunk(a)                                                    # [N, C, side, side]
-        return self.to_semantic(h.flatten(1)), stats                         # [N, C * side^2] -> [N, sem]
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of every attribute: a list of [N, num_classes[k]]."""
-        semantic, _ = self.semantic_and_stats(images)
-        return list(self.heads(semantic).split(self.config.num_classes, dim=1))
-
-    def raw_features(self, images: torch.Tensor) -> torch.Tensor:
-        semantic, stats = self.semantic_and_stats(images)
-        return torch.cat([stats, semantic], 1)                              # [N, feature_dim]
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.raw_features(images) / self.feature_std                 # unit variance on real renders
-
-
-# ---------------------------------------------------------------------------------------------------
-# Loading and using a trained net
-# ---------------------------------------------------------------------------------------------------
-def weights_path(domain: str) -> Path:
-    return ASSETS / f"feature_net_{domain}.safetensors"
-
-
-def save_feature_net(net: FeatureNet, path, domain: str, extra: dict | None = None) -> None:
-    from safetensors.torch import save_file
-    meta = {"domain": domain, "config": json.dumps(asdict(net.config)), "extra": json.dumps(extra or {})}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(path), metadata=meta)
-
-
 class FeatureExtractor:
     """A trained FeatureNet in eval mode, plus the metric's verbs: features, fidelity, diversity."""
 
@@ -305,7 +152,7 @@ class FeatureExtractor:
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"image values span [{lo:.3f}, {hi:.3f}]; pass images in [0, 1] (output_type='pt'):"
                              " map [-1, 1] with (x + 1) / 2, or clamp(0, 1) samples that overshoot")
-        images = images.float()
+        images = images.to(self.net.feature_std.device, torch.float32)  # the net's device (CPU unless moved)
         return torch.cat([self.net.features(images[i:i + self.batch_size])
                           for i in range(0, images.shape[0], self.batch_size)])
 

@@ -1,4 +1,4 @@
-"""Train the small domain feature net behind the fidelity metric (minimagen/data/fidelity.py), then measure it.
+"""Train the small domain feature net (data/feature_net.py) behind the fidelity metric (data/fidelity.py), measure it.
 
     python -m minimagen.tools.train_feature_net --domain shapes --out minimagen/assets/feature_net_shapes.safetensors
     python -m minimagen.tools.train_feature_net --domain shapes --measure-only   # tables for the shipped net
@@ -9,6 +9,9 @@ of every cascade stage), resizes it with `resize_for_features`, shifts it by up 
 (light augmentation: generated objects are never exactly on the grid) and minimises the mean cross-entropy
 over all attribute heads with AdamW and a cosine learning-rate decay. Afterwards every feature is scaled to
 unit variance on real 32-px renders, and the reference spread for `diversity` is measured (`calibrate`).
+The shipped nets: 600 steps of 64 renders, 100 % held-out accuracy on every attribute; 160 s (shapes) and
+300 s (scenes, whose ray-cast renders cost ~1.2 ms each) on one thread of the shared 2-core machine under
+load; two runs with the same seed gave bit-identical weights. 2.2 MB each (fp32 safetensors).
 
 Measurement (`--measure`, on by default): attribute accuracy on held-out renders; real-vs-real FD (two
 independent sets of renders) for n in --sizes over --seeds seeds; and FD(real, corrupted real) for every
@@ -26,9 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minimagen.data.fidelity import (FeatureExtractor, FeatureNet, FeatureNetConfig, add_noise, color_shift,
-                                     frechet_distance, gaussian_blur, get_feature_domain, mean_pairwise_distance,
-                                     resize_for_features, saturate, save_feature_net, weights_path)
+from minimagen.data.feature_net import (FeatureNet, FeatureNetConfig, get_feature_domain, resize_for_features,
+                                        save_feature_net, weights_path)
+from minimagen.data.fidelity import (FeatureExtractor, add_noise, color_shift, frechet_distance, gaussian_blur,
+                                     mean_pairwise_distance, saturate)
 
 CORRUPTIONS = {  # name -> (images [N, 3, H, W], torch.Generator) -> corrupted images; levels in rising order
     "noise 0.02": lambda x, g: add_noise(x, 0.02, g), "noise 0.05": lambda x, g: add_noise(x, 0.05, g),
@@ -149,7 +153,8 @@ def measure(extractor: FeatureExtractor, sizes: list[int], seeds: int, n: int, i
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domain", default="shapes", help="a registered feature domain (fidelity.py)")
-    parser.add_argument("--out", default=None, help="weights path; default minimagen/assets/feature_net_DOMAIN.safetensors")
+    parser.add_argument("--out", default=None,
+                        help="weights path; default minimagen/assets/feature_net_DOMAIN.safetensors")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=64, help="renders per step")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay)")
