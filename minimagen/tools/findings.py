@@ -226,6 +226,8 @@ def reference_fidelity(budget: Budget) -> dict:
 
 
 # ----------------------------------------------------------------------------- the run
+# the order arms are trained in: the headline finding first (its arms, seed by seed), the wide U-Net last
+RUN_ORDER = ("text_encoder", "efficient_unet", "conditioning", "beyond_paper", "encoder_vs_unet")
 def run_findings(findings: list[str], budget: Budget, out: str | Path, cache: str | Path, workers: int = 2,
                  embed_cache: str = DEFAULT_CACHE, effects: str | None = None, progress: bool = True,
                  runner=train_and_score, timer=time_step) -> dict:
@@ -255,8 +257,13 @@ def run_findings(findings: list[str], budget: Budget, out: str | Path, cache: st
                 tasks[arm_key(task.arm, budget, seed, n)] = task
     results: dict[str, list[dict]] = {}
     pending = []
-    order = list(ARMS)  # seed by seed: a run cut short still holds complete comparisons at fewer seeds
-    for key, task in sorted(tasks.items(), key=lambda kv: (kv[1].seed, order.index(kv[1].name))):
+    # finding by finding (RUN_ORDER), seed by seed within one: a run cut short holds whole comparisons
+    def priority(kv):
+        task = kv[1]
+        first = next(i for i, n in enumerate(RUN_ORDER) if n in findings and
+                     task.name in (FINDINGS[n].baseline, *FINDINGS[n].arms))
+        return first, task.seed, list(ARMS).index(task.name)
+    for key, task in sorted(tasks.items(), key=priority):
         path = cache / f"{key}.json"
         if path.is_file():
             results.setdefault(task.name, []).append(json.loads(path.read_text()))
