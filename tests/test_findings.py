@@ -93,6 +93,7 @@ def _fake_runner(calls):
 def offline_runner(monkeypatch):
     monkeypatch.setattr(F, "_data", lambda preset, task: None)            # no rendering / encoding
     monkeypatch.setattr(F, "reference_fidelity", lambda budget: {"available": False})
+    monkeypatch.setattr(F, "training_memory", lambda steps, budget: {})
     monkeypatch.setattr("minimagen.tools.findings_plots.plot_findings", lambda summary, out: [])
 
 
@@ -108,6 +109,8 @@ def test_second_run_reuses_every_result_and_a_changed_arm_trains_again(tmp_path,
     calls.clear()
     summary = F.run_findings(["text_encoder", "conditioning"], **kwargs)
     assert calls == [] and summary["run"]["cached"] == 12
+    assert F.run_findings(["text_encoder", "beyond_paper"], **{**kwargs, "train": False})["run"]["results"] == 9
+    assert calls == []                                # --no-train: epsilon and min_snr_5 are missing, not trained
     monkeypatch.setitem(ARMS, "tiny_t5", dataclasses.replace(ARMS["tiny_t5"], min_snr_gamma=5.0))
     F.run_findings(["text_encoder", "conditioning"], **kwargs)
     assert sorted(calls) == [("tiny_t5", s, budget.base_steps) for s in (0, 1, 2)]   # only the changed arm

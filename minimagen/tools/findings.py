@@ -225,13 +225,31 @@ def reference_fidelity(budget: Budget) -> dict:
     return out
 
 
+def training_memory(steps: dict, budget: Budget) -> dict:
+    """Per arm: parameters and the activation bytes one training forward saves for backward at the budget's
+    batch (tools/memory.activation_bytes, counted on the meta device: nothing is allocated)."""
+    from .memory import activation_bytes
+    out = {}
+    for arm_name in dict.fromkeys(a for plan_steps in steps.values() for a in plan_steps):
+        arm = ARMS[arm_name]
+        unet = _trained_unet(arm, budget)
+        batch = budget.batch_size if arm.stage == "base" else budget.sr_batch_size
+        with torch.device("meta"):
+            from ..networks.unet import build_unet
+            params = sum(p.numel() for p in build_unet(unet).parameters())
+        out[arm_name] = {"params": params, "batch": batch,
+                         "activation_bytes": activation_bytes(unet, batch=batch, text_len=16)}
+    return out
+
+
 # ----------------------------------------------------------------------------- the run
 # the order arms are trained in: the headline finding first (its arms, seed by seed), the wide U-Net last
 RUN_ORDER = ("text_encoder", "efficient_unet", "conditioning", "beyond_paper", "encoder_vs_unet")
 def run_findings(findings: list[str], budget: Budget, out: str | Path, cache: str | Path, workers: int = 2,
                  embed_cache: str = DEFAULT_CACHE, effects: str | None = None, progress: bool = True,
-                 runner=train_and_score, timer=time_step) -> dict:
-    """Train what is not cached, then write OUT/findings.json (rewritten as results come) and the figures."""
+                 runner=train_and_score, timer=time_step, train: bool = True) -> dict:
+    """Train what is not cached, then write OUT/findings.json (rewritten as results come) and the figures.
+    train=False: only summarise what the cache holds (arms without results are marked missing)."""
     from tqdm import tqdm
     t_start = time.time()
     out, cache = Path(out), Path(cache)
@@ -267,18 +285,21 @@ def run_findings(findings: list[str], budget: Budget, out: str | Path, cache: st
         path = cache / f"{key}.json"
         if path.is_file():
             results.setdefault(task.name, []).append(json.loads(path.read_text()))
-        else:
+        elif train:
             pending.append((key, task))
     # render + encode once, here, before the workers read the shared files
     for encoder in dict.fromkeys(t.arm.text_encoder for _, t in pending):
         task = next(t for _, t in pending if t.arm.text_encoder == encoder)
         _data(run_preset(task.arm, budget, task.steps), task)
-    extra = {"reference_fidelity": reference_fidelity(budget)}
+    extra = {"reference_fidelity": reference_fidelity(budget), "memory": training_memory(steps, budget)}
 
     def write(final: bool = False) -> dict:
         from .report import json_safe
         summary = summarise(results, steps, budget, timings, effects, extra)
+        used = [r for rs in results.values() for r in rs]
         summary["run"] = {"complete": final and len(pending) == finished[0], "cached": len(tasks) - len(pending),
+                          "results": len(used), "of": len(tasks),
+                          "work_s": sum(r["data_s"] + r["train_s"] + r["eval_s"] for r in used),
                           "trained": finished[0], "wall_s": time.time() - t_start, "workers": workers,
                           "command": " ".join(["python -m minimagen.tools.findings", *sys.argv[1:]])}
         (out / "findings.json").write_text(json.dumps(json_safe(summary), indent=1))
@@ -332,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes, 1 thread each (default 2)")
     parser.add_argument("--effects", default="results/effects.json", help="finding 4's measurements, if present")
     parser.add_argument("--embed-cache", default=DEFAULT_CACHE, help="caption-embedding cache directory")
+    parser.add_argument("--no-train", action="store_true", help="only summarise the cached results (findings.json, "
+                        "figures); nothing is trained")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     budget = BUDGETS["quick" if args.quick else "full"]
@@ -345,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or ("runs/findings_quick" if args.quick else "results/findings")
     summary = run_findings(args.only or list(FINDINGS), budget, out, args.cache or f"runs/findings_cache{suffix}",
                            workers=args.workers, embed_cache=args.embed_cache, effects=args.effects,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, train=not args.no_train)
     print(f"wrote {Path(out) / 'findings.json'} in {summary['run']['wall_s'] / 60:.1f} min")
     for name, f in summary["findings"].items():
         for arm, d in f.get("vs_baseline", {}).items():
