@@ -287,17 +287,18 @@ def run_findings(findings: list[str], budget: Budget, out: str | Path, cache: st
             results.setdefault(task.name, []).append(json.loads(path.read_text()))
         elif train:
             pending.append((key, task))
+    missing = len(tasks) - len(pending) - sum(len(r) for r in results.values())  # --no-train: not in the cache
     # render + encode once, here, before the workers read the shared files
     for encoder in dict.fromkeys(t.arm.text_encoder for _, t in pending):
         task = next(t for _, t in pending if t.arm.text_encoder == encoder)
         _data(run_preset(task.arm, budget, task.steps), task)
     extra = {"reference_fidelity": reference_fidelity(budget), "memory": training_memory(steps, budget)}
 
-    def write(final: bool = False) -> dict:
+    def write() -> dict:
         from .report import json_safe
         summary = summarise(results, steps, budget, timings, effects, extra)
         used = [r for rs in results.values() for r in rs]
-        summary["run"] = {"complete": final and len(pending) == finished[0], "cached": len(tasks) - len(pending),
+        summary["run"] = {"complete": len(used) == len(tasks), "cached": len(tasks) - len(pending) - missing,
                           "results": len(used), "of": len(tasks),
                           "work_s": sum(r["data_s"] + r["train_s"] + r["eval_s"] for r in used),
                           "trained": finished[0], "wall_s": time.time() - t_start, "workers": workers,
@@ -334,7 +335,7 @@ def run_findings(findings: list[str], budget: Budget, out: str | Path, cache: st
             for future in as_completed(futures):
                 done(*futures[future], future.result())
     bar.close()
-    summary = write(final=True)
+    summary = write()
     from .findings_plots import plot_findings
     plot_findings(summary, out)
     return summary
