@@ -60,11 +60,12 @@ def test_unknown_preset_is_refused_with_the_choices():
     assert "invalid choice: 'huge'" in proc.stderr and "default" in proc.stderr
 
 
-def test_run_presets_sample_with_dynamic_thresholding_only_where_guidance_is_on():
+def test_run_presets_threshold_as_measured_static_on_flat_shapes_dynamic_on_the_guided_scenes_base():
     from minimagen.tools.run_presets import RUN_PRESETS
-    kwargs = RUN_PRESETS["default"].sampling_kwargs()
-    assert kwargs["thresholding"] == ["dynamic", "static", "static"]
-    assert [w > 1 for w in kwargs["guidance_scale"]] == [t == "dynamic" for t in kwargs["thresholding"]]
+    assert RUN_PRESETS["default"].sampling_kwargs()["thresholding"] == ["static", "static", "static"]
+    scenes = RUN_PRESETS["scenes"].sampling_kwargs()
+    assert scenes["thresholding"] == ["dynamic", "static"]
+    assert [w > 1 for w in scenes["guidance_scale"]] == [t == "dynamic" for t in scenes["thresholding"]]
     assert RUN_PRESETS["default"].sampling_kwargs(num_stages=3, start_stage=1)["thresholding"] == ["static", "static"]
 
 
