@@ -428,12 +428,9 @@ def sample_loop(model_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, sched
     """
     check_sampling_options(sampler, eta, thresholding, dynamic_thresholding_ratio, sample_max_value)
     canonical_prediction_type(prediction_type)  # fail before the first model call, not after it
-    if sampler in ODE_SAMPLERS:  # ODE solvers (samplers.py): they need only the thresholded x0 prediction
-        from .samplers import make_denoiser, run_sampler  # here, not at the top: samplers.py imports this module
-        denoise = make_denoiser(model_fn, schedule, prediction_type, thresholding, dynamic_thresholding_ratio,
-                                sample_max_value)
-        return run_sampler(sampler, denoise, x_T, schedule, num_inference_steps, generator=generator,
-                           callback=callback, progress=progress)
+    if sampler in ODE_SAMPLERS:
+        raise ValueError(f"sampler {sampler!r} is an ODE solver of samplers.py: call samplers.sample(...) (same "
+                         "arguments, every sampler) or sample_cascade(sampler=...); sample_loop runs 'ddim' and 'ddpm'")
     abar = schedule.alphas_cumprod
     timesteps = schedule.inference_timesteps(num_inference_steps).tolist()  # e.g. [999, 749, 499, 249]
     steps = list(zip(timesteps, timesteps[1:] + [-1]))  # (t, t_prev) pairs, the last lands on t_prev = -1

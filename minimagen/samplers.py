@@ -18,6 +18,7 @@ make_denoiser() builds it from a model_fn(x_t, t) in any prediction space (+ thr
     dpmpp_2m_sample   DDIM's trailing timesteps (solver_order=1 is DDIM, eta = 0) or Karras sigmas
     karras_sample     method "euler" | "heun" on karras_sigmas; s_churn > 0 adds EDM Algorithm 2's noise
     run_sampler       one of ODE_SAMPLERS by name; nfe(sampler, n) = network evaluations (a CFG pair counts once)
+    sample            any sampler of diffusion.SAMPLERS by name (ddim/ddpm: diffusion.sample_loop); what the cascade calls
 Map: sigma <-> t -> make_denoiser -> karras_sigmas -> dpmpp_2m_step, dpmpp_2m_sample -> euler_step, heun_step,
 churn, karras_sample -> run_sampler, nfe.
 """
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .diffusion import (ODE_SAMPLERS, THRESHOLDING_MODES, NoiseSchedule, apply_thresholding,
-                        canonical_prediction_type)
+                        canonical_prediction_type, check_sampling_options, sample_loop)
 
 KARRAS_METHODS = ("euler", "heun")
 EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0  # Karras et al. 2022, Table 1 ("ours", for VP models too)
@@ -324,6 +325,25 @@ def run_sampler(sampler: str, denoise: Denoise, x_T: Tensor, schedule: NoiseSche
         return karras_sample(denoise, x_T, schedule, num_inference_steps, method=sampler, generator=generator,
                              callback=callback, progress=progress)
     raise ValueError(f"sampler must be one of {ODE_SAMPLERS}, got {sampler!r}")
+
+
+def sample(model_fn: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, schedule: NoiseSchedule,
+           num_inference_steps: int, sampler: str = "ddim", eta: float = 0.0, prediction_type: str = "epsilon",
+           thresholding: str = "dynamic", dynamic_thresholding_ratio: float = 0.95,
+           sample_max_value: float | None = None, generator: torch.Generator | None = None,
+           callback: Callback | None = None, progress: bool | str = False) -> Tensor:
+    """Any sampler of diffusion.SAMPLERS by name, with diffusion.sample_loop's arguments: "ddim" and "ddpm" run
+    sample_loop (DDPM Algorithm 2 / DDIM), the ODE solvers run on make_denoiser(model_fn, ...) (eta is unused)."""
+    check_sampling_options(sampler, eta, thresholding, dynamic_thresholding_ratio, sample_max_value)
+    if sampler not in ODE_SAMPLERS:
+        return sample_loop(model_fn, x_T, schedule, num_inference_steps, sampler=sampler, eta=eta,
+                           prediction_type=prediction_type, thresholding=thresholding,
+                           dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
+                           generator=generator, callback=callback, progress=progress)
+    denoise = make_denoiser(model_fn, schedule, prediction_type, thresholding, dynamic_thresholding_ratio,
+                            sample_max_value)
+    return run_sampler(sampler, denoise, x_T, schedule, num_inference_steps, generator=generator,
+                       callback=callback, progress=progress)
 
 
 def nfe(sampler: str, num_inference_steps: int) -> int:

@@ -11,7 +11,8 @@ Per stage:
   2. for each of `num_inference_steps` timesteps, one batched U-Net call on [x_t, x_t] with the caption
      and with the null caption, combined by classifier-free guidance (Ho & Salimans 2022):
          pred = pred_uncond + w * (pred_cond - pred_uncond)
-     then x0 is thresholded (Imagen §2.3) and a DDPM or DDIM step is taken (`diffusion.sample_loop`);
+     then x0 is thresholded (Imagen §2.3) and a step of the chosen sampler is taken (`samplers.sample`:
+     DDPM / DDIM in `diffusion.sample_loop`, DPM-Solver++ / Euler / Heun in `samplers.py`);
   3. the result becomes the next stage's low-res condition through the SAME
      `conditioning.prepare_lowres_condition` used in training (noise conditioning augmentation).
 
@@ -26,7 +27,8 @@ from typing import Any, Sequence
 import torch
 
 from .conditioning import NUM_NOISE_LEVELS, check_text, prepare_lowres_condition
-from .diffusion import check_number, check_sampling_options, classifier_free_guidance, sample_loop
+from .diffusion import check_number, check_sampling_options, classifier_free_guidance
+from .samplers import sample
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -209,7 +211,7 @@ def sample_cascade(
         model_fn = _guided_model(unet, text_embeds, text_mask, lowres_cond, level, st.guidance_scale)
         x_T = torch.randn((batch, 3, st.image_size, st.image_size), generator=generator, device=gdev).to(device)
         step_cb = None if callback is None else (lambda k, t, x, x0, _s=st.stage: callback(_s, k, t, x, x0))
-        x0 = sample_loop(
+        x0 = sample(
             model_fn, x_T, cascade.schedules[st.stage], st.num_inference_steps, sampler=st.sampler, eta=st.eta,
             prediction_type=cascade.config.stages[st.stage].prediction_type, thresholding=st.thresholding,
             dynamic_thresholding_ratio=st.dynamic_thresholding_ratio, sample_max_value=st.sample_max_value,

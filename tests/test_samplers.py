@@ -344,3 +344,17 @@ def test_every_sampler_runs_through_the_cascade_by_name_and_is_deterministic():
         first = run()
         assert first.shape == (2, 3, 16, 16) and torch.isfinite(first).all(), sampler
         assert torch.equal(first, run()), sampler
+
+
+def test_sample_runs_every_sampler_by_name_and_sample_loop_points_ode_names_to_it():
+    s = NoiseSchedule(20)
+    x_T = torch.randn(2, 1, 2, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    x0 = torch.full_like(x_T, 0.25)
+    oracle = lambda x_t, t: x0  # noqa: E731 - predicts the clean image ("sample" prediction type)
+    from minimagen.diffusion import SAMPLERS
+    from minimagen.samplers import sample
+    for sampler in SAMPLERS:
+        out = sample(oracle, x_T, s, 4, sampler=sampler, prediction_type="sample", thresholding="none")
+        torch.testing.assert_close(out, x0, atol=1e-8, rtol=0), sampler
+    with pytest.raises(ValueError, match="samplers.sample"):
+        sample_loop(oracle, x_T, s, 4, sampler="heun", prediction_type="sample")
