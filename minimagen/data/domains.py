@@ -46,6 +46,14 @@ def load_domain(name: str) -> Domain:
                   max_objects=3 if name == "scenes" else 2)
 
 
+def check_images_and_specs(images, specs) -> None:
+    """The scorers' argument check: one spec per image, at least one image."""
+    if len(images) != len(specs):
+        raise ValueError(f"got {len(images)} images but {len(specs)} specs; pass one spec per image")
+    if len(specs) == 0:
+        raise ValueError("images is empty; pass at least one image and its spec")
+
+
 def alignment_summary(matches: list[dict], attributes: tuple[str, ...]) -> dict[str, float]:
     """Tally each image's match (a scorer's match_scene result) into score_alignment's dict: per-attribute accuracy
     over objects, relation over scenes that have one (NaN if none), count and all_correct over images, and the

@@ -34,7 +34,7 @@ import itertools
 import numpy as np
 import torch
 
-from .domains import alignment_summary
+from .domains import alignment_summary, check_images_and_specs
 from .scenes import SceneSpec
 from .scenes_render import COLORS, MATERIALS, POSITIONS, SHAPES, SIZES, VIEW, background_image, object_layers
 from .shapes_scoring import _box_downsample, _hue
@@ -230,9 +230,6 @@ def score_alignment(images, specs: list[SceneSpec], **detect_kwargs) -> dict[str
     Keys (as shapes_scoring.score_alignment, plus material): color, shape, size, material, position (over
     objects), relation (over specs with two or three objects; NaN if none), count and all_correct (over
     images), n (images), n_objects, n_relations. `detect_kwargs` go to detect_objects."""
-    if len(images) != len(specs):
-        raise ValueError(f"got {len(images)} images but {len(specs)} specs; pass one spec per image")
-    if len(specs) == 0:
-        raise ValueError("images is empty; pass at least one image and its spec")
+    check_images_and_specs(images, specs)
     return alignment_summary([match_scene(detect_objects(image, **detect_kwargs), spec)
                               for image, spec in zip(images, specs)], ATTRIBUTES)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from minimagen.data.domains import alignment_summary
+from minimagen.data.domains import alignment_summary, check_images_and_specs
 from minimagen.data.shapes import (CELL_CENTERS, COLORS, POSITIONS, SHAPES, SIZE_FRACTION, SceneSpec,
                                    shape_coverage, shape_inside)
 
@@ -271,9 +271,6 @@ def score_alignment(images, specs: list[SceneSpec], **detect_kwargs) -> dict[str
     Keys: color, shape, size, position (over objects), relation (over two-object specs; NaN if none),
     count and all_correct (over images), n (images), n_objects, n_relations. `detect_kwargs` go to
     detect_objects."""
-    if len(images) != len(specs):
-        raise ValueError(f"got {len(images)} images but {len(specs)} specs; pass one spec per image")
-    if len(specs) == 0:
-        raise ValueError("images is empty; pass at least one image and its spec")
+    check_images_and_specs(images, specs)
     return alignment_summary([match_scene(detect_objects(image, **detect_kwargs), spec)
                               for image, spec in zip(images, specs)], ATTRIBUTES)

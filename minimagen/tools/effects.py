@@ -15,7 +15,7 @@ are `fd_real` (two real sets of that n) and `fd_perfect` (the real renders OF TH
 repeated once per seed: what a perfect sampler would score; scenes captions fix their picture, so it is the
 floor). FD is only comparable at the same n and resolution (see fidelity.py).
 
-    python -m minimagen.tools.effects --cascade /work/runs/scenes/final --noaug /work/runs/scenes_noaug/final
+    python -m minimagen.tools.effects --cascade runs/scenes/final --noaug runs/scenes_noaug/final
 
 Contents: effect_prompts, saturated_fraction, sample_images, measure_samples, Reference, guidance_sweep,
 thresholding_sweep, sr_comparison, noise_level_sweep, run_effects, main.

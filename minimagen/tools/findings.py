@@ -2,7 +2,7 @@
 
     python -m minimagen.tools.findings                       # the full run (BUDGETS["full"]; 2 worker processes)
     python -m minimagen.tools.findings --quick               # every finding on a tiny budget (~1-2 min; CI)
-    python -m minimagen.tools.findings --only conditioning --seeds 2 --out /tmp/f
+    python -m minimagen.tools.findings --only conditioning --seeds 2 --out runs/findings_conditioning
 
 For every finding of findings_arms.FINDINGS it trains each arm (base stage, or SR stage) once per seed with
 the library (prepare_training_data, build_cascade_config, Trainer, report.score_samples), scores it on the

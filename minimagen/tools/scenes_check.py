@@ -1,7 +1,7 @@
 """Checking the scenes domain: its pixel statistics beside the shapes', render speed, scorer accuracy.
 
     python -m minimagen.tools.scenes_check                       # all three tables, 300 scenes per resolution
-    python -m minimagen.tools.scenes_check --n 100 --preview /tmp/scenes.png
+    python -m minimagen.tools.scenes_check --n 100 --preview scenes.png
 
 Prints (1) the fraction of pixel values at exactly 0 or 255, mean and std of both built-in domains,
 (2) CPU milliseconds to render one scene at each size, (3) the scorer's per-attribute accuracy on real
