@@ -62,6 +62,10 @@ parser.add_argument("--resume", action="store_true", help="continue from the new
 parser.add_argument("--eval-every", type=int, default=0, help="score the base stage every N steps (alignment curve)")
 parser.add_argument("--learning-rate", type=float, default=None, help="AdamW peak learning rate (default: the "
                     "preset's); a lower one can rescue a run that stopped on a NaN loss (with --resume)")
+parser.add_argument("--noise-aug-max", type=int, default=None, help="SR stages: train with noise conditioning "
+                    "augmentation levels drawn from [0, N) of 1000 (default: the preset's 500; 1 = no augmentation)")
+parser.add_argument("--sample-noise-level", type=int, default=None, help="SR stages: augmentation level at sampling "
+                    "(default: the preset's 100; 0 = clean low-res input)")
 parser.add_argument("--checkpoint-every", type=int, default=None, help="save a resumable checkpoint every N steps "
                     "(default: the preset's; 0 = only at the end and on Ctrl-C)")
 parser.add_argument("--grad-accum-steps", type=int, default=None, help="split each rank's batch into this many "
@@ -84,6 +88,10 @@ def check_arguments() -> None:
         value = getattr(args, name)
         if value is not None and value < (1 if name in ("grad_accum_steps", "threads") else 0):
             parser.error(f"--{name.replace('_', '-')} must be >= {1 if name in ('grad_accum_steps', 'threads') else 0}, got {value}")
+    if args.noise_aug_max is not None and not 1 <= args.noise_aug_max <= 1000:
+        parser.error(f"--noise-aug-max must lie in [1, 1000] (1 = no augmentation), got {args.noise_aug_max}")
+    if args.sample_noise_level is not None and not 0 <= args.sample_noise_level <= 999:
+        parser.error(f"--sample-noise-level must lie in [0, 999], got {args.sample_noise_level}")
     if args.learning_rate is not None and not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         parser.error(f"--learning-rate must be a number > 0, got {args.learning_rate}")
     if args.steps is not None and min(args.steps) < 1 and not args.resume:
@@ -105,6 +113,10 @@ if args.learning_rate is not None:
     preset = dataclasses.replace(preset, learning_rate=args.learning_rate)  # validated by TrainConfig below
 if args.checkpoint_every is not None:
     preset = dataclasses.replace(preset, checkpoint_every=args.checkpoint_every)
+if args.noise_aug_max is not None:
+    preset = dataclasses.replace(preset, train_noise_level_max=args.noise_aug_max)
+if args.sample_noise_level is not None:
+    preset = dataclasses.replace(preset, sample_noise_level=args.sample_noise_level)
 try:
     dist = distributed.init_distributed(args.device)  # one process, or this rank of a torchrun job
     autocast_dtype(args.mixed_precision, dist.device)  # settings that cannot work here fail now, not after the data

@@ -107,6 +107,23 @@ def test_sr_comparison_and_noise_sweep_feed_every_arm_the_same_base_images(tiny,
                               seeds=(0,), num_inference_steps=1)
 
 
+def test_degraded_inputs_are_worse_copies_of_the_same_base_samples(tiny, monkeypatch):
+    cascade, _, prompts, _ = tiny
+    base = torch.full((2, 4, 3, 16, 16), 0.5)
+    grain = effects.degrade_lowres(cascade, base, [c for c, _ in prompts], (0, 1), kind="grain", grain=0.05)
+    assert grain.shape == base.shape and 0 <= grain.min() and grain.max() <= 1
+    assert (grain - base).std().item() == pytest.approx(0.05, rel=0.1)        # the grain asked for
+    again = effects.degrade_lowres(cascade, base, [c for c, _ in prompts], (0, 1), kind="grain", grain=0.05)
+    assert torch.equal(grain, again)                                          # seeded
+    seen = []
+    real = effects.sample_cascade
+    monkeypatch.setattr(effects, "sample_cascade", lambda *a, **k: seen.append(k) or real(*a, **k))
+    few = effects.degrade_lowres(cascade, base, [c for c, _ in prompts], (0, 1), kind="fewer_steps", base_steps=2)
+    assert few.shape == base.shape and {k["num_inference_steps"] for k in seen} == {2}
+    with pytest.raises(ValueError, match="fewer_steps"):
+        effects.degrade_lowres(cascade, base, [c for c, _ in prompts], (0,), kind="blur")
+
+
 def test_bad_arguments_raise_value_error(tiny):
     cascade, extractor, prompts, ref = tiny
     with pytest.raises(ValueError, match="guidance_scales"):
@@ -124,11 +141,14 @@ def test_run_effects_quick_writes_small_json(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(effects, "QUICK", dict(guidance_scales=(1.0, 3.0), noise_levels=(0,), sr_guidance=(1.0,),
                                                base_steps=1, sr_steps=1))
     out = tmp_path / "effects.json"
-    res = effects.run_effects(cascade, extractor, noaug=cascade, num_prompts=2, quick=True, out=out,
-                              parts=("guidance", "sr"), progress=False)
+    res = effects.run_effects(cascade, extractor, noaug=cascade, sr_arms={"aug200": cascade}, num_prompts=2,
+                              quick=True, out=out, parts=("guidance", "sr"), progress=False)
     saved = json.loads(out.read_text())
     assert set(saved) >= {"settings", "reference_base", "guidance", "sr_comparison", "sr_comparison_level0",
-                          "noise_level_sweep"}
-    assert set(saved["sr_comparison"]) == {"aug", "noaug"} and set(saved["sr_comparison_level0"]) == {"aug"}
+                          "sr_robustness", "noise_level_sweep"}
+    assert set(saved["sr_comparison"]) == {"aug", "noaug", "aug200"} and set(saved["sr_comparison_level0"]) == {"aug"}
+    assert set(saved["sr_robustness"]) == set(effects.DEGRADATIONS)
+    assert all(set(r) == {"input", "aug", "noaug", "aug200"} for r in saved["sr_robustness"].values())
+    assert saved["sr_arms"]["aug"]["train_noise_level_max"] == cascade.config.stages[1].train_noise_level_max
     assert saved["guidance"]["guidance_scale"] == list(effects.QUICK["guidance_scales"])
     assert res["reference_base"]["n"] == 4 and out.stat().st_size < 40_000

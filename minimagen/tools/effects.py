@@ -6,8 +6,10 @@
   thresholding   (§2.3, Fig. 4c, A.8): the same sweep for none / static / dynamic (p = 0.995, 0.95), plus the
                  fraction of saturated pixels (exactly 0 or 1 after mapping to [0, 1]);
   augmentation   (§2.4, Fig. A.11): the SR stage trained with noise conditioning augmentation vs one trained
-                 without, both fed the SAME base-stage samples; and a sweep of the sampling augmentation level
-                 x guidance weight of the augmented SR stage.
+                 without (and any further SR arms, e.g. one trained on levels [0, 200)), all fed the SAME
+                 base-stage samples; the same arms fed DEGRADED base samples (`degrade_lowres`: fewer base
+                 steps, added grain: the cascade errors augmentation is meant to make SR robust to); and a
+                 sweep of the sampling augmentation level x guidance weight of the augmented SR stage.
 
 Every number is a mean over seeds with its `spread` = (max - min) / 2 over seeds. FD: samples of all seeds
 pooled (n = prompts x seeds) against real renders of as many fresh prompts of the same kinds; quoted beside it
@@ -15,10 +17,11 @@ are `fd_real` (two real sets of that n) and `fd_perfect` (the real renders OF TH
 repeated once per seed: what a perfect sampler would score; scenes captions fix their picture, so it is the
 floor). FD is only comparable at the same n and resolution (see fidelity.py).
 
-    python -m minimagen.tools.effects --cascade runs/scenes/final --noaug runs/scenes_noaug/final
+    python -m minimagen.tools.effects --cascade runs/scenes/final --noaug runs/scenes_noaug/final \
+        --sr-arm aug200=runs/scenes_aug200/final
 
 Contents: effect_prompts, saturated_fraction, sample_images, measure_samples, Reference, guidance_sweep,
-thresholding_sweep, sr_comparison, noise_level_sweep, run_effects, main.
+thresholding_sweep, sr_comparison, degrade_lowres, noise_level_sweep, run_effects, main.
 """
 from __future__ import annotations
 
@@ -200,6 +203,23 @@ def sr_comparison(cascades: dict, base_images: torch.Tensor, prompts, extractor,
     return out
 
 
+DEGRADATIONS = ("fewer_steps", "grain")  # the base-sample errors of the robustness comparison (degrade_lowres)
+
+
+def degrade_lowres(cascade, base_images: torch.Tensor, captions, seeds, *, kind: str, base_steps: int = 4,
+                   grain: float = 0.05, seed: int = 123) -> torch.Tensor:
+    """Base-stage samples [S, P, 3, h, w] in [0, 1] made worse the way a weaker base model would make them:
+    kind "fewer_steps" samples the base stage again with only `base_steps` DDIM steps (blotchy, off-colour);
+    "grain" adds Gaussian noise of std `grain` to base_images (seeded by `seed`), clipped to [0, 1]."""
+    if kind == "fewer_steps":
+        return sample_images(cascade, captions, seeds, num_stages=1, guidance_scale=3.0,
+                             num_inference_steps=base_steps)
+    if kind == "grain":
+        g = torch.Generator().manual_seed(seed)
+        return (base_images + grain * torch.randn(base_images.shape, generator=g)).clamp(0, 1)
+    raise ValueError(f"kind={kind!r}: pick one of {DEGRADATIONS}")
+
+
 def noise_level_sweep(cascade, base_images: torch.Tensor, prompts, extractor, ref: Reference, *, seeds=(0, 1),
                       noise_levels=NOISE_LEVELS, guidance_scales=SR_GUIDANCE, num_inference_steps: int = 20,
                       progress=None) -> dict:
@@ -223,11 +243,13 @@ FULL = dict(guidance_scales=GUIDANCE_SCALES, noise_levels=NOISE_LEVELS, sr_guida
             sr_steps=20)
 
 
-def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_seeds: int = 2, quick: bool = False,
+def run_effects(cascade, extractor, *, noaug=None, sr_arms: dict | None = None, num_prompts: int = 48, num_seeds: int = 2, quick: bool = False,
                 sr_seeds: int = 1, out: str | Path | None = None, parts=("guidance", "thresholding", "sr"),
                 modes=tuple(THRESHOLDINGS), progress: bool = True, note: str = "", noise_levels=None,
                 sr_guidance=None, thresholding_scales=None, base_steps: int | None = None) -> dict:
-    """All three measurements; written to `out` (JSON) after each part. Returns the results dict."""
+    """All three measurements; written to `out` (JSON) after each part. Returns the results dict.
+    SR arms compared: "aug" (cascade's own SR stage), "noaug" (noaug's), and sr_arms {name: cascade} (their
+    stage 1), each at its own sample_noise_level; then all of them on degraded base samples (DEGRADATIONS)."""
     from tqdm.auto import tqdm
     if num_seeds < 2 or not 1 <= sr_seeds <= num_seeds:
         raise ValueError(f"need num_seeds >= 2 (diversity compares seeds) and 1 <= sr_seeds <= num_seeds, "
@@ -248,7 +270,9 @@ def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_se
     total = num_prompts * num_seeds * (n_w * ("guidance" in parts) + len(th_scales) * ("thresholding" in parts) * len(
         [m for m in modes if m != "dynamic_0.95" or "guidance" not in parts]))
     if "sr" in parts:
-        total += num_prompts * num_seeds * (2 + (2 if noaug is not None else 0))  # base, SR arms, aug at level 0
+        n_arms = 1 + (noaug is not None) + len(sr_arms or {})
+        total += num_prompts * num_seeds * (2 + n_arms + (noaug is not None))  # base, SR arms, aug at level 0
+        total += num_prompts * num_seeds * (1 + n_arms * len(DEGRADATIONS))  # fewer-steps base, arms on degraded
         total += num_prompts * sr_seeds * len(s["noise_levels"]) * len(s["sr_guidance"])
     bar = tqdm(total=total, desc="effects", unit="img", disable=not progress)
     res = {"settings": {"num_prompts": num_prompts, "seeds": list(seeds), "prompt_kinds": list(KINDS),
@@ -280,7 +304,10 @@ def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_se
         ref_sr = Reference.build(specs, num_seeds, sr_size)
         res["reference_sr"] = reference_fds(extractor, ref_sr)
         res["base_for_sr"] = measure_samples(base, specs, extractor, ref)
-        arms = {"aug": cascade} if noaug is None else {"aug": cascade, "noaug": noaug}
+        arms = {"aug": cascade, **({} if noaug is None else {"noaug": noaug}), **(sr_arms or {})}
+        res["sr_arms"] = {name: {"train_noise_level_max": c.config.stages[1].train_noise_level_max,
+                                 "sample_noise_level": c.config.stages[1].sample_noise_level}
+                          for name, c in arms.items()}
         res["sr_comparison"] = sr_comparison(arms, base, prompts, extractor, ref_sr, seeds=seeds,
                                              num_inference_steps=s["sr_steps"], progress=bar)
         if noaug is not None:                                  # the augmented stage at level 0 (no aug at sampling)
@@ -288,6 +315,14 @@ def run_effects(cascade, extractor, *, noaug=None, num_prompts: int = 48, num_se
                                                         noise_level=0, num_inference_steps=s["sr_steps"],
                                                         progress=bar)
         save()
+        captions, res["sr_robustness"] = [c for c, _ in prompts], {}
+        for kind in DEGRADATIONS:                              # the same arms fed worse base samples
+            bad = degrade_lowres(cascade, base, captions, seeds, kind=kind)
+            bar.update(num_prompts * num_seeds if kind == "fewer_steps" else 0)
+            res["sr_robustness"][kind] = {"input": measure_samples(bad, specs, extractor, ref),
+                                          **sr_comparison(arms, bad, prompts, extractor, ref_sr, seeds=seeds,
+                                                          num_inference_steps=s["sr_steps"], progress=bar)}
+            save()
         ref_sweep = Reference.build(specs, sr_seeds, sr_size)
         res["reference_sr_sweep"] = reference_fds(extractor, ref_sweep)
         res["noise_level_sweep"] = noise_level_sweep(cascade, base[:sr_seeds], prompts, extractor, ref_sweep,
@@ -304,6 +339,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cascade", required=True, help="trained scenes cascade directory (Cascade.from_pretrained)")
     p.add_argument("--noaug", help="cascade whose stage 1 was trained without noise augmentation")
+    p.add_argument("--sr-arm", action="append", default=[], metavar="NAME=DIR",
+                   help="a further SR arm: cascade directory whose stage 1 is compared too (repeatable)")
     p.add_argument("--prompts", type=int, default=48, help="prompts (half one-object, half two-object)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (>= 2)")
     p.add_argument("--sr-seeds", type=int, default=1, help="seeds used by the SR noise-level sweep")
@@ -323,13 +360,20 @@ def main(argv=None) -> None:
     extractor = FeatureExtractor.from_pretrained("scenes", path=a.feature_net)
     noaug = Cascade.from_pretrained(a.noaug) if a.noaug else None
     cascade = Cascade.from_pretrained(a.cascade)
+    sr_arms = {}
+    for arm in a.sr_arm:
+        name, sep, path = arm.partition("=")
+        if not sep or not name or not path:
+            p.error(f"--sr-arm {arm!r}: write NAME=DIR, e.g. aug200=runs/scenes_aug200/final")
+        sr_arms[name] = Cascade.from_pretrained(path)
     listed = lambda text, kind: tuple(kind(v) for v in text.split(",")) if text else None
-    res = run_effects(cascade, extractor, noaug=noaug, num_prompts=a.prompts,
+    res = run_effects(cascade, extractor, noaug=noaug, sr_arms=sr_arms, num_prompts=a.prompts,
                       noise_levels=listed(a.levels, int), sr_guidance=listed(a.sr_guidance, float),
                       thresholding_scales=listed(a.thresholding_scales, float), base_steps=a.base_steps,
                       num_seeds=a.seeds, sr_seeds=a.sr_seeds, quick=a.quick, out=a.out,
                       parts=tuple(a.parts.split(",")), modes=tuple(a.modes.split(",")),
-                      note=f"cascade {a.cascade}" + (f", noaug {a.noaug}" if a.noaug else ""))
+                      note=f"cascade {a.cascade}" + (f", noaug {a.noaug}" if a.noaug else "")
+                      + "".join(f", {arm}" for arm in a.sr_arm))
     print(f"wrote {a.out} ({res['settings']['seconds']} s)")
 
 
