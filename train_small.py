@@ -66,6 +66,8 @@ parser.add_argument("--noise-aug-max", type=int, default=None, help="SR stages: 
                     "augmentation levels drawn from [0, N) of 1000 (default: the preset's 500; 1 = no augmentation)")
 parser.add_argument("--sample-noise-level", type=int, default=None, help="SR stages: augmentation level at sampling "
                     "(default: the preset's 100; 0 = clean low-res input)")
+parser.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR-gamma loss weighting "
+                    "(Hang et al. 2023 use 5; default: the preset's, plain MSE)")
 parser.add_argument("--checkpoint-every", type=int, default=None, help="save a resumable checkpoint every N steps "
                     "(default: the preset's; 0 = only at the end and on Ctrl-C)")
 parser.add_argument("--grad-accum-steps", type=int, default=None, help="split each rank's batch into this many "
@@ -88,6 +90,8 @@ def check_arguments() -> None:
         value = getattr(args, name)
         if value is not None and value < (1 if name in ("grad_accum_steps", "threads") else 0):
             parser.error(f"--{name.replace('_', '-')} must be >= {1 if name in ('grad_accum_steps', 'threads') else 0}, got {value}")
+    if args.min_snr_gamma is not None and not (math.isfinite(args.min_snr_gamma) and args.min_snr_gamma > 0):
+        parser.error(f"--min-snr-gamma must be a number > 0 (Hang et al. use 5), got {args.min_snr_gamma}")
     if args.noise_aug_max is not None and not 1 <= args.noise_aug_max <= 1000:
         parser.error(f"--noise-aug-max must lie in [1, 1000] (1 = no augmentation), got {args.noise_aug_max}")
     if args.sample_noise_level is not None and not 0 <= args.sample_noise_level <= 999:
@@ -113,6 +117,8 @@ if args.learning_rate is not None:
     preset = dataclasses.replace(preset, learning_rate=args.learning_rate)  # validated by TrainConfig below
 if args.checkpoint_every is not None:
     preset = dataclasses.replace(preset, checkpoint_every=args.checkpoint_every)
+if args.min_snr_gamma is not None:
+    preset = dataclasses.replace(preset, min_snr_gamma=args.min_snr_gamma)
 if args.noise_aug_max is not None:
     preset = dataclasses.replace(preset, train_noise_level_max=args.noise_aug_max)
 if args.sample_noise_level is not None:

@@ -109,8 +109,9 @@ def test_second_run_reuses_every_result_and_a_changed_arm_trains_again(tmp_path,
     calls.clear()
     summary = F.run_findings(["text_encoder", "conditioning"], **kwargs)
     assert calls == [] and summary["run"]["cached"] == 12
-    assert F.run_findings(["text_encoder", "beyond_paper"], **{**kwargs, "train": False})["run"]["results"] == 9
-    assert calls == []                                # --no-train: epsilon and min_snr_5 are missing, not trained
+    resummary = F.run_findings(["text_encoder", "beyond_paper"], **{**kwargs, "train": False})["run"]
+    assert resummary["results"] == 9 and calls == []  # --no-train: epsilon and min_snr_5 are missing, not trained
+    assert resummary["trained"] == 0 and resummary["training_run"]["trained"] == 12  # the training run's record kept
     monkeypatch.setitem(ARMS, "tiny_t5", dataclasses.replace(ARMS["tiny_t5"], min_snr_gamma=5.0))
     F.run_findings(["text_encoder", "conditioning"], **kwargs)
     assert sorted(calls) == [("tiny_t5", s, budget.base_steps) for s in (0, 1, 2)]   # only the changed arm

@@ -91,8 +91,10 @@ def test_settings_that_cannot_work_on_this_machine_are_refused_before_any_work(a
     (("--resume",), "--resume: no checkpoint in"),
     (("--noise-aug-max", "0"), "--noise-aug-max must lie in [1, 1000]"),
     (("--sample-noise-level", "1000"), "--sample-noise-level must lie in [0, 999]"),
+    (("--min-snr-gamma", "0"), "--min-snr-gamma must be a number > 0"),
 ], ids=["steps_negative", "steps_zero", "batch_zero", "stages_zero", "max_length_one", "checkpoint_every_negative",
-        "missing_data", "cuda_without_cuda", "resume_nothing", "noise_aug_zero", "sample_level_1000"])
+        "missing_data", "cuda_without_cuda", "resume_nothing", "noise_aug_zero", "sample_level_1000",
+        "min_snr_zero"])
 def test_argument_errors_print_one_line_and_exit_2_like_argparse(args, fragment, tmp_path):
     if "cuda" in " ".join(args):
         import torch

@@ -294,6 +294,10 @@ def run_findings(findings: list[str], budget: Budget, out: str | Path, cache: st
         _data(run_preset(task.arm, budget, task.steps), task)
     extra = {"reference_fidelity": reference_fidelity(budget), "memory": training_memory(steps, budget)}
 
+    previous = json.loads((out / "findings.json").read_text()).get("run", {}) if (out / "findings.json").is_file() else {}
+    # the wall time of the invocation that trained (a --no-train re-summary keeps it, under "training_run")
+    training_run = previous if previous.get("trained") else previous.get("training_run")
+
     def write() -> dict:
         from .report import json_safe
         summary = summarise(results, steps, budget, timings, effects, extra)
@@ -303,6 +307,8 @@ def run_findings(findings: list[str], budget: Budget, out: str | Path, cache: st
                           "work_s": sum(r["data_s"] + r["train_s"] + r["eval_s"] for r in used),
                           "trained": finished[0], "wall_s": time.time() - t_start, "workers": workers,
                           "command": " ".join(["python -m minimagen.tools.findings", *sys.argv[1:]])}
+        if not finished[0] and training_run:
+            summary["run"]["training_run"] = {k: v for k, v in training_run.items() if k != "training_run"}
         (out / "findings.json").write_text(json.dumps(json_safe(summary), indent=1))
         return summary
 
