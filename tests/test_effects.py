@@ -131,7 +131,7 @@ def test_bad_arguments_raise_value_error(tiny):
     with pytest.raises(ValueError, match="num_seeds"):
         effects.run_effects(cascade, extractor, num_seeds=1)
     with pytest.raises(ValueError, match="super-resolution"):
-        effects._sr_options(Cascade(tiny_cascade_config(sizes=(16,))), 100, 1.0, 2)
+        effects.sr_options(Cascade(tiny_cascade_config(sizes=(16,))), 100, 1.0, 2)
     with pytest.raises(ValueError, match=r"\[S, P"):
         effects.measure_samples(torch.rand(4, 3, 16, 16), [s for _, s in prompts], extractor, ref)
 

@@ -21,7 +21,7 @@ floor). FD is only comparable at the same n and resolution (see fidelity.py).
         --sr-arm aug200=runs/scenes_aug200/final
 
 Contents: effect_prompts, saturated_fraction, sample_images, measure_samples, Reference, guidance_sweep,
-thresholding_sweep, sr_comparison, degrade_lowres, noise_level_sweep, run_effects, main.
+thresholding_sweep, sr_options, sr_comparison, degrade_lowres, noise_level_sweep, run_effects, main.
 """
 from __future__ import annotations
 
@@ -179,7 +179,8 @@ def thresholding_sweep(cascade, prompts, extractor, ref: Reference, *, modes=tup
     return out
 
 
-def _sr_options(cascade, noise_level, guidance_scale, steps) -> dict:
+def sr_options(cascade, noise_level, guidance_scale, steps) -> dict:
+    """sample_cascade options that run only the SR stage (stage 1) at this level, guidance and step count."""
     if cascade.num_stages < 2:
         raise ValueError("the cascade has no super-resolution stage (stage 1); pass a cascade with >= 2 stages")
     return dict(start_stage=1, num_stages=2, noise_level=int(noise_level), guidance_scale=float(guidance_scale),
@@ -198,7 +199,7 @@ def sr_comparison(cascades: dict, base_images: torch.Tensor, prompts, extractor,
     for name, c in cascades.items():
         level = c.config.stages[1].sample_noise_level if noise_level is None else noise_level
         images = sample_images(c, captions, seeds, lowres_images=base_images, progress=progress,
-                               **_sr_options(c, level, guidance_scale, num_inference_steps))
+                               **sr_options(c, level, guidance_scale, num_inference_steps))
         out[name] = {"noise_level": level, **measure_samples(images, specs, extractor, ref)}
     return out
 
@@ -232,7 +233,7 @@ def noise_level_sweep(cascade, base_images: torch.Tensor, prompts, extractor, re
     for w in guidance_scales:
         rows[str(float(w))] = [measure_samples(
             sample_images(cascade, captions, seeds, lowres_images=base_images, progress=progress,
-                          **_sr_options(cascade, lv, w, num_inference_steps)), specs, extractor, ref)
+                          **sr_options(cascade, lv, w, num_inference_steps)), specs, extractor, ref)
             for lv in noise_levels]
     return {"noise_level": [int(v) for v in noise_levels], "guidance_scale": [float(w) for w in guidance_scales],
             "rows": rows}
