@@ -157,3 +157,9 @@ def test_random_minilm_has_its_own_fingerprint_and_random_weights():
     assert abs(float(word.std()) - 0.02) < 0.002   # BERT's initializer_range, not the trained weights (~0.05)
     with pytest.raises(ValueError, match="random"):
         encoder_fingerprint("tiny-t5:random")
+
+
+def test_chance_level_of_the_attribute_plots_is_one_over_the_number_of_values():
+    from minimagen.tools.findings_plots import chance_attribute_accuracy
+    # 6 colours, 4 shapes, 2 sizes, 2 materials, 3 positions (data/scenes_render.py)
+    assert chance_attribute_accuracy() == pytest.approx((1 / 6 + 1 / 4 + 1 / 2 + 1 / 2 + 1 / 3) / 5)

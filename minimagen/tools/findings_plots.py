@@ -1,17 +1,29 @@
 """Imagen in miniature, part 4: one small figure per finding, drawn from findings.json (see findings.py).
 
 Each figure shows, per arm, the mean over seeds with the seed-to-seed std as error bars: per prompt set for
-the base-stage findings (mean per-object attribute accuracy, and all-correct), and for the SR finding the
+the base-stage findings (mean per-object attribute accuracy, with the level random attributes reach as a
+dotted line, and all-correct), and for the SR finding the
 measured seconds per step, the steps each arm got in the same minutes, and what they reached.
 PNG at 72 dpi (a few tens of kB each).
 
-Contents: `plot_finding`, `plot_findings`.
+Contents: `chance_attribute_accuracy`, `plot_finding`, `plot_findings`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 DPI = 72
+
+
+def chance_attribute_accuracy() -> float:
+    """Attribute accuracy of one object drawn with uniformly random attributes: the mean over colour, shape,
+    size, material and position of 1 / (number of values). About 0.35 for the scenes domain."""
+    from ..data.scenes_render import COLORS, MATERIALS, POSITIONS, SHAPES, SIZES
+    return sum(1 / len(v) for v in (COLORS, SHAPES, SIZES, MATERIALS, POSITIONS)) / 5
+
+
+def _chance(ax) -> None:
+    ax.axhline(chance_attribute_accuracy(), color="0.4", ls=":", lw=1, label="random attributes")
 
 
 def _bars(ax, arms: dict, names: list[str], groups: list[str], value, title: str) -> None:
@@ -50,11 +62,13 @@ def plot_finding(name: str, entry: dict, path: str | Path) -> Path | None:
             ax.tick_params(labelsize=7)
         sets = list(arms[names[0]]["by_set"])
         _bars(axes[2], arms, names, sets, lambda d, g: d["by_set"][g]["attributes"], "attribute accuracy of 64-px")
+        _chance(axes[2])
     else:
         sets = list(arms[names[0]]["by_set"])
         fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.6))
         _bars(axes[0], arms, names, sets, lambda d, g: d["by_set"][g]["attributes"],
               "attribute accuracy (mean +- std over seeds)")
+        _chance(axes[0])
         _bars(axes[1], arms, names, sets, lambda d, g: d["by_set"][g]["all_correct"], "all correct")
         axes[0].legend(fontsize=6, loc="best")
     fig.suptitle(f"{entry['title']} ({entry['paper']})", fontsize=8)
