@@ -163,3 +163,13 @@ def test_chance_level_of_the_attribute_plots_is_one_over_the_number_of_values():
     from minimagen.tools.findings_plots import chance_attribute_accuracy
     # 6 colours, 4 shapes, 2 sizes, 2 materials, 3 positions (data/scenes_render.py)
     assert chance_attribute_accuracy() == pytest.approx((1 / 6 + 1 / 4 + 1 / 2 + 1 / 2 + 1 / 3) / 5)
+
+
+def test_a_higher_pixel_error_is_worse_not_better():
+    def results(values, metric):
+        return [{"seed": i, "by_set": {"a": {metric: v}}} for i, v in enumerate(values)]
+    up = F.paired_difference(results([0.6, 0.7, 0.8], "attributes"), results([0.5, 0.6, 0.7], "attributes"))
+    assert up["verdict"] == "better"                                  # +0.1 on every seed
+    err = F.paired_difference(results([0.02, 0.03, 0.04], "mse_to_real"), results([0.01, 0.02, 0.03], "mse_to_real"),
+                              "mse_to_real")
+    assert err["mean"] == pytest.approx(0.01) and err["verdict"] == "worse"

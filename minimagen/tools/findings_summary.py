@@ -46,15 +46,19 @@ def summarise_arm(results: list[dict]) -> dict:
             "loss_last": _stats([r["loss_last"] for r in results])}
 
 
+LOWER_IS_BETTER = ("mse_to_real",)  # metrics where a positive difference (arm - baseline) means worse
+
+
 def paired_difference(arm: list[dict], baseline: list[dict], metric: str = "attributes") -> dict:
     """Per seed: arm minus baseline of `metric` averaged over the sets (same seeds: paired); mean, std,
-    and "verdict": "better" / "worse" when |mean| > 2 std / sqrt(n) (and n >= 2), else "within noise"."""
+    and "verdict": "better" / "worse" when |mean| > 2 std / sqrt(n) (and n >= 2), else "within noise"
+    (for LOWER_IS_BETTER metrics a positive difference is "worse")."""
     base = {r["seed"]: float(np.mean([v[metric] for v in r["by_set"].values()])) for r in baseline}
     diffs = [float(np.mean([v[metric] for v in r["by_set"].values()])) - base[r["seed"]]
              for r in arm if r["seed"] in base]
     s = _stats(diffs)
     if s["n"] >= 2 and abs(s["mean"]) > 2 * s["std"] / math.sqrt(s["n"]):
-        s["verdict"] = "better" if s["mean"] > 0 else "worse"
+        s["verdict"] = "better" if (s["mean"] > 0) != (metric in LOWER_IS_BETTER) else "worse"
     else:
         s["verdict"] = "within noise"
     s["per_seed"] = diffs
