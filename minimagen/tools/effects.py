@@ -208,13 +208,14 @@ DEGRADATIONS = ("fewer_steps", "grain")  # the base-sample errors of the robustn
 
 
 def degrade_lowres(cascade, base_images: torch.Tensor, captions, seeds, *, kind: str, base_steps: int = 4,
-                   grain: float = 0.05, seed: int = 123) -> torch.Tensor:
+                   grain: float = 0.05, seed: int = 123, progress=None) -> torch.Tensor:
     """Base-stage samples [S, P, 3, h, w] in [0, 1] made worse the way a weaker base model would make them:
     kind "fewer_steps" samples the base stage again with only `base_steps` DDIM steps (blotchy, off-colour);
-    "grain" adds Gaussian noise of std `grain` to base_images (seeded by `seed`), clipped to [0, 1]."""
+    "grain" adds Gaussian noise of std `grain` to base_images (seeded by `seed`), clipped to [0, 1].
+    progress: a tqdm bar advanced by the images sampled (fewer_steps only)."""
     if kind == "fewer_steps":
         return sample_images(cascade, captions, seeds, num_stages=1, guidance_scale=3.0,
-                             num_inference_steps=base_steps)
+                             num_inference_steps=base_steps, progress=progress)
     if kind == "grain":
         g = torch.Generator().manual_seed(seed)
         return (base_images + grain * torch.randn(base_images.shape, generator=g)).clamp(0, 1)
@@ -244,8 +245,8 @@ FULL = dict(guidance_scales=GUIDANCE_SCALES, noise_levels=NOISE_LEVELS, sr_guida
             sr_steps=20)
 
 
-def run_effects(cascade, extractor, *, noaug=None, sr_arms: dict | None = None, num_prompts: int = 48, num_seeds: int = 2, quick: bool = False,
-                sr_seeds: int = 1, out: str | Path | None = None, parts=("guidance", "thresholding", "sr"),
+def run_effects(cascade, extractor, *, noaug=None, sr_arms: dict | None = None, num_prompts: int = 48,
+                num_seeds: int = 2, quick: bool = False, sr_seeds: int = 1, out: str | Path | None = None, parts=("guidance", "thresholding", "sr"),
                 modes=tuple(THRESHOLDINGS), progress: bool = True, note: str = "", noise_levels=None,
                 sr_guidance=None, thresholding_scales=None, base_steps: int | None = None) -> dict:
     """All three measurements; written to `out` (JSON) after each part. Returns the results dict.
@@ -318,8 +319,7 @@ def run_effects(cascade, extractor, *, noaug=None, sr_arms: dict | None = None, 
         save()
         captions, res["sr_robustness"] = [c for c, _ in prompts], {}
         for kind in DEGRADATIONS:                              # the same arms fed worse base samples
-            bad = degrade_lowres(cascade, base, captions, seeds, kind=kind)
-            bar.update(num_prompts * num_seeds if kind == "fewer_steps" else 0)
+            bad = degrade_lowres(cascade, base, captions, seeds, kind=kind, progress=bar)
             res["sr_robustness"][kind] = {"input": measure_samples(bad, specs, extractor, ref),
                                           **sr_comparison(arms, bad, prompts, extractor, ref_sr, seeds=seeds,
                                                           num_inference_steps=s["sr_steps"], progress=bar)}
